@@ -1,0 +1,20 @@
+"""Sending jobs to the workers. The API is a Celery client only: it never imports the worker."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+TASK_NAME = "finetune.run_job"
+QUEUE = "finetune"
+
+
+def make_enqueue(redis_url: str):
+    client = Celery("finetune-api", broker=redis_url)
+    client.conf.update(broker_connection_timeout=3, broker_connection_retry=False,
+                       broker_transport_options={"max_retries": 1})
+
+    def enqueue(job_id: str) -> None:
+        client.send_task(TASK_NAME, args=[job_id], queue=QUEUE,
+                         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+
+    return enqueue

@@ -1,0 +1,151 @@
+"""Request and response schemas of the REST contract (DESIGN.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from finetune.spec import JobSpec
+
+T = TypeVar("T")
+
+
+class ListPublic(BaseModel, Generic[T]):
+    data: list[T]
+    count: int
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    classes: list[str]
+    counts: dict[str, int]
+    num_images: int
+    skipped: list[SkippedFile]
+    created_at: str
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3f2a9c1d4b5e6f70", "name": "animals", "classes": ["cats", "dogs"],
+        "counts": {"cats": 60, "dogs": 60}, "num_images": 120,
+        "skipped": [{"path": "cats/notes.txt", "reason": "not an image file (.txt)"}],
+        "created_at": "2026-11-28T10:00:00+00:00"}]})
+
+
+class DatasetSamples(BaseModel):
+    label: str
+    files: list[str]
+
+
+class JobCreate(JobSpec):
+    """A job spec: every field optional but `dataset_id`; defaults are the seed's recipe."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "dataset_id": "3f2a9c1d4b5e6f70", "backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet",
+        "image_size": 224, "batch_size": 32,
+        "warmup": {"epochs": 5, "optimizer": "rmsprop", "learning_rate": 0.001},
+        "finetune": {"epochs": 5, "optimizer": "sgd", "learning_rate": 0.001, "unfreeze_from": "conv_dw_13"}}]})
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    spec: dict[str, Any]
+    dataset_id: str
+    phase: Literal["loading", "warmup", "finetune", "evaluating", "saving"] | None
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    progress: float = Field(description="0..1 over both phases")
+    metrics: dict[str, Any] | None = Field(description="the latest epoch's metrics")
+    history: list[dict[str, Any]]
+    eta_seconds: float | None
+    model_id: str | None
+    error: JobError | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    created_at: str
+    job_id: str | None
+    dataset_id: str | None
+    classes: list[str]
+    image_size: int
+    backbone: str
+    accuracy: float | None = None
+
+
+class ModelPublic(BaseModel):
+    """The model's manifest."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    created_at: str
+    job_id: str | None
+    dataset_id: str | None
+    spec: dict[str, Any]
+    classes: list[str]
+    image_size: int
+    backbone: str
+    metrics: dict[str, Any]
+    warmup_metrics: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    timings: dict[str, Any]
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePredictions(BaseModel):
+    filename: str
+    predictions: list[Prediction]
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    results: list[ImagePredictions]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model_id": "8c1d2e3f4a5b6c7d",
+        "results": [{"filename": "cat.jpg", "predictions": [{"label": "cats", "probability": 0.97},
+                                                            {"label": "dogs", "probability": 0.03}]}]}]})
+
+
+class BackbonePublic(BaseModel):
+    name: str
+    default_unfreeze_from: int | str
+    min_image_size: int
+    has_alpha: bool
+    alphas: list[float]
+
+
+class LayerPublic(BaseModel):
+    index: int
+    name: str
+    type: str
+    params: int
+    trainable_weights: bool
+
+
+class Message(BaseModel):
+    detail: str

@@ -1,0 +1,371 @@
+// #/models (list) and #/models/{id} (reports, confusion matrix, timings, curves, download, delete, try it).
+
+import { api, items, request } from "../api.js";
+import { trainingCurves } from "../charts.js";
+import {
+  DASH,
+  confirmDialog,
+  dl,
+  fmtDate,
+  fmtDuration,
+  fmtNum,
+  fmtPct,
+  h,
+  makeDropZone,
+  notify,
+  notifyError,
+  pageTitle,
+  setError,
+  shortId,
+  table,
+} from "../ui.js";
+
+function backboneText(m) {
+  const spec = m.spec || {};
+  const name = m.backbone || spec.backbone || DASH;
+  return spec.alpha ? `${name} (α ${spec.alpha})` : name;
+}
+
+function accuracyOf(metrics) {
+  if (!metrics) return null;
+  if (typeof metrics.accuracy === "number") return metrics.accuracy;
+  return metrics.report && typeof metrics.report.accuracy === "number" ? metrics.report.accuracy : null;
+}
+
+// ---------------------------------------------------------------- the list
+
+export async function modelsPage(root, ctx) {
+  root.append(pageTitle("Models", "models-title"));
+  const models = items(await api.get("models", { signal: ctx.signal }));
+  models.sort((a, b) => String(b.created_at || "").localeCompare(String(a.created_at || "")));
+  if (!models.length) {
+    root.append(
+      h("section", { class: "card" }, h("p", { class: "muted", "data-testid": "models-empty" }, "No models yet. ", h("a", { href: "#/jobs/new" }, "Start a training job."))),
+    );
+    return;
+  }
+  root.append(
+    h(
+      "section",
+      { class: "card" },
+      table(
+        ["Model", "Backbone", "Classes", "Image size", "Accuracy", "Created", "Job"],
+        models.map((m) => [
+          h("a", { href: `#/models/${encodeURIComponent(m.id)}`, "data-testid": "model-link" }, h("code", {}, shortId(m.id))),
+          backboneText(m),
+          Array.isArray(m.classes) ? `${m.classes.length}: ${m.classes.slice(0, 6).join(", ")}${m.classes.length > 6 ? ", …" : ""}` : DASH,
+          m.image_size ? `${m.image_size} px` : DASH,
+          fmtPct(accuracyOf(m.metrics)),
+          fmtDate(m.created_at),
+          m.job_id ? h("a", { href: `#/jobs/${encodeURIComponent(m.job_id)}` }, h("code", {}, shortId(m.job_id))) : DASH,
+        ]),
+        { caption: "Saved models, newest first", testid: "models-table", rowAttrs: (i) => ({ "data-testid": "model-row", "data-id": models[i].id }) },
+      ),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------- one model
+
+export async function modelPage(root, ctx, [id]) {
+  const title = pageTitle(`Model ${shortId(id)}`, "model-title");
+  root.append(title);
+  const m = await api.get(`models/${encodeURIComponent(id)}`, { signal: ctx.signal });
+  const classes = Array.isArray(m.classes) ? m.classes : [];
+  const timings = m.timings || {};
+  const ips = timings.images_per_s || {};
+
+  const downloadBtn = h("button", { type: "button", class: "btn", id: "model-download", "data-testid": "model-download" }, "Download model");
+  const deleteBtn = h("button", { type: "button", class: "btn btn-danger", id: "model-delete", "data-testid": "model-delete" }, "Delete model");
+  downloadBtn.addEventListener("click", () => download(m, downloadBtn));
+  deleteBtn.addEventListener("click", async () => {
+    const ok = await confirmDialog(`Delete model ${m.id}? Its files are removed from the store.`, { confirmLabel: "Delete", danger: true });
+    if (!ok) return;
+    deleteBtn.disabled = true;
+    try {
+      await api.del(`models/${encodeURIComponent(m.id)}`);
+      notify(`Deleted model ${m.id}.`, "success");
+      location.hash = "#/models";
+    } catch (err) {
+      notifyError(err, "Could not delete the model");
+      deleteBtn.disabled = false;
+    }
+  });
+
+  root.append(
+    h("p", {}, h("a", { href: "#/models" }, "← All models")),
+    h(
+      "section",
+      { class: "card", "data-testid": "model-summary" },
+      dl([
+        ["Id", h("code", {}, m.id)],
+        ["Created", fmtDate(m.created_at)],
+        ["Backbone", backboneText(m)],
+        ["Image size", m.image_size ? `${m.image_size} px` : DASH],
+        ["Classes", classes.length ? classes.join(", ") : DASH, "model-classes"],
+        ["Accuracy", fmtPct(accuracyOf(m.metrics)), "model-accuracy"],
+        ["Accuracy after warmup", fmtPct(accuracyOf(m.warmup_metrics))],
+        ["Dataset", m.dataset_id ? h("a", { href: `#/datasets/${encodeURIComponent(m.dataset_id)}` }, h("code", {}, m.dataset_id)) : DASH],
+        ["Job", m.job_id ? h("a", { href: `#/jobs/${encodeURIComponent(m.job_id)}` }, h("code", {}, m.job_id)) : DASH],
+      ]),
+      h("div", { class: "actions" }, downloadBtn, deleteBtn),
+    ),
+    tryIt(ctx, m),
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "final-eval-title" },
+      h("h2", { id: "final-eval-title" }, "Final evaluation (validation split)"),
+      evaluation(m.metrics, classes, ""),
+    ),
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "warmup-eval-title" },
+      h("h2", { id: "warmup-eval-title" }, "After the warmup"),
+      evaluation(m.warmup_metrics, classes, "warmup-"),
+    ),
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "timings-title" },
+      h("h2", { id: "timings-title" }, "Timings"),
+      dl(
+        [
+          ["Loading data", fmtDuration(timings.load_s)],
+          ["Warmup", fmtDuration(timings.warmup_s)],
+          ["Finetune", fmtDuration(timings.finetune_s)],
+          ["Images/s, warmup", fmtNum(ips.warmup, 1)],
+          ["Images/s, finetune", fmtNum(ips.finetune, 1)],
+        ],
+        { "data-testid": "model-timings" },
+      ),
+    ),
+  );
+
+  const history = Array.isArray(m.history) ? m.history : [];
+  if (history.length) {
+    const curves = trainingCurves(ctx, { testidPrefix: "model-" });
+    root.append(h("section", { class: "card", "aria-labelledby": "model-curves-title" }, h("h2", { id: "model-curves-title" }, "Training curves"), curves.el));
+    curves.update(history);
+  }
+  root.append(
+    h("section", { class: "card" }, h("details", {}, h("summary", {}, "Job spec"), h("pre", { class: "code", "data-testid": "model-spec" }, JSON.stringify(m.spec, null, 2)))),
+  );
+}
+
+async function download(m, button) {
+  button.disabled = true;
+  const label = button.textContent;
+  button.textContent = "Downloading…";
+  try {
+    const res = await request(`models/${encodeURIComponent(m.id)}/download`, { raw: true, headers: { Accept: "*/*" } });
+    const blob = await res.blob();
+    const disposition = res.headers.get("Content-Disposition") || "";
+    const match = /filename\*=UTF-8''([^;]+)|filename="?([^";]+)"?/i.exec(disposition);
+    const name = match ? decodeURIComponent(match[1] || match[2]) : `model-${m.id}.keras`;
+    const url = URL.createObjectURL(blob);
+    const a = h("a", { href: url, download: name, hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (err) {
+    notifyError(err, "Download failed");
+  } finally {
+    button.disabled = false;
+    button.textContent = label;
+  }
+}
+
+// ---------------------------------------------------------------- reports and the confusion matrix
+
+function evaluation(metrics, classes, prefix) {
+  if (!metrics || (!metrics.report && !metrics.confusion_matrix)) {
+    return h("p", { class: "muted", "data-testid": `${prefix}evaluation-none` }, "No evaluation was recorded.");
+  }
+  return h(
+    "div",
+    { class: "stack" },
+    h("p", {}, "Accuracy: ", h("strong", { "data-testid": `${prefix}report-accuracy` }, fmtPct(accuracyOf(metrics)))),
+    metrics.report ? reportTable(metrics.report, `${prefix}report`) : null,
+    metrics.confusion_matrix ? confusionMatrix(metrics.confusion_matrix, classes, `${prefix}confusion-matrix`) : null,
+  );
+}
+
+function reportTable(report, testid) {
+  const perClass = report.per_class || {};
+  const row = (name, r, cls) => [h("span", { class: cls }, name), fmtNum(r.precision), fmtNum(r.recall), fmtNum(r.f1), fmtNum(r.support, 0)];
+  const rows = Object.entries(perClass).map(([label, r]) => row(label, r || {}));
+  if (report.macro_avg) rows.push(row("macro avg", report.macro_avg, "strong"));
+  if (report.weighted_avg) rows.push(row("weighted avg", report.weighted_avg, "strong"));
+  if (typeof report.accuracy === "number") rows.push([h("span", { class: "strong" }, "accuracy"), DASH, DASH, fmtNum(report.accuracy), DASH]);
+  return table(["Class", "Precision", "Recall", "F1", "Support"], rows, { caption: "Classification report", testid });
+}
+
+function confusionMatrix(matrix, classes, testid) {
+  const labels = classes.length === matrix.length ? classes : matrix.map((_, i) => String(i));
+  const max = Math.max(1, ...matrix.flat().map(Number));
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      { class: "matrix", "data-testid": testid },
+      h("caption", {}, "Confusion matrix: rows are the true class, columns the predicted class"),
+      h(
+        "thead",
+        {},
+        h("tr", {}, h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "true \\ predicted"), h("span", { "aria-hidden": "true" }, "true ↓ / predicted →")), labels.map((l) => h("th", { scope: "col" }, l))),
+      ),
+      h(
+        "tbody",
+        {},
+        matrix.map((row, i) => {
+          const total = row.reduce((s, v) => s + Number(v), 0);
+          return h(
+            "tr",
+            {},
+            h("th", { scope: "row" }, labels[i]),
+            row.map((v, j) => {
+              const share = Number(v) / max;
+              return h(
+                "td",
+                {
+                  class: `cell${i === j ? " diag" : ""}${share > 0.55 ? " strong-bg" : ""}`,
+                  style: `--share:${Math.round(share * 100)}%`,
+                  title: `true ${labels[i]}, predicted ${labels[j]}: ${v}${total ? ` (${fmtPct(Number(v) / total)} of ${labels[i]})` : ""}`,
+                  "data-testid": "matrix-cell",
+                },
+                String(v),
+              );
+            }),
+          );
+        }),
+      ),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------- try it
+
+function tryIt(ctx, model) {
+  const classes = Array.isArray(model.classes) ? model.classes : [];
+  const fileInput = h("input", { type: "file", id: "predict-files", accept: "image/*", multiple: true, "data-testid": "predict-files" });
+  const topK = h("input", {
+    type: "number",
+    id: "predict-top-k",
+    min: "1",
+    max: String(Math.max(1, classes.length || 5)),
+    step: "1",
+    value: String(Math.min(5, classes.length || 5)),
+    "data-testid": "predict-top-k",
+  });
+  const runBtn = h("button", { type: "submit", class: "btn btn-primary", id: "predict-run", "data-testid": "predict-run", disabled: true }, "Predict");
+  const errorSlot = h("div");
+  const results = h("div", { class: "predictions", "data-testid": "predictions", "aria-live": "polite" });
+  let files = [];
+  const urls = [];
+  const revoke = () => urls.splice(0).forEach((u) => URL.revokeObjectURL(u));
+  ctx.onCleanup(revoke);
+
+  const zone = h(
+    "div",
+    { class: "dropzone", "data-testid": "predict-dropzone" },
+    h("p", { class: "dropzone-title" }, "Drop one or more images here, or choose them"),
+    h("label", { for: "predict-files" }, "Images"),
+    fileInput,
+  );
+  const form = h(
+    "form",
+    { class: "stack", id: "predict-form", novalidate: true },
+    zone,
+    h("div", { class: "toolbar" }, h("div", { class: "field field-inline" }, h("label", { for: "predict-top-k" }, "Top k"), topK), runBtn),
+    errorSlot,
+    results,
+  );
+
+  const predict = async () => {
+    if (!files.length) return;
+    const k = Number(topK.value);
+    if (!Number.isInteger(k) || k < 1) {
+      setError(errorSlot, new Error("Top k must be a whole number of at least 1."), "predict-error");
+      return;
+    }
+    setError(errorSlot, null);
+    runBtn.disabled = true;
+    runBtn.textContent = "Predicting…";
+    const body = new FormData();
+    for (const f of files) body.append("file", f, f.name);
+    body.append("model_id", model.id);
+    body.append("top_k", String(k));
+    try {
+      const answer = await api.postForm("predict", body, { signal: ctx.signal });
+      revoke();
+      results.replaceChildren(
+        ...(answer.results || []).map((r, i) => {
+          const local = files[i];
+          const url = local ? URL.createObjectURL(local) : null;
+          if (url) urls.push(url);
+          return predictionCard(r, url);
+        }),
+      );
+    } catch (err) {
+      if (err.name !== "AbortError") setError(errorSlot, err, "predict-error");
+    } finally {
+      runBtn.disabled = !files.length;
+      runBtn.textContent = "Predict";
+    }
+  };
+  const choose = (list) => {
+    files = Array.from(list || []);
+    runBtn.disabled = !files.length;
+    predict();
+  };
+  fileInput.addEventListener("change", () => choose(fileInput.files));
+  makeDropZone(zone, (list) => {
+    try {
+      fileInput.files = list;
+    } catch {
+      // assignment refused: the dropped files are still used
+    }
+    choose(list);
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    predict();
+  });
+
+  return h("section", { class: "card", "aria-labelledby": "try-title", "data-testid": "try-it" }, h("h2", { id: "try-title" }, "Try it"), form);
+}
+
+function predictionCard(result, url) {
+  const predictions = result.predictions || [];
+  return h(
+    "figure",
+    { class: "prediction", "data-testid": "prediction-result" },
+    url ? h("img", { src: url, alt: result.filename || "uploaded image" }) : null,
+    h(
+      "figcaption",
+      {},
+      h("p", { class: "prediction-file" }, h("code", {}, result.filename || DASH)),
+      predictions.length
+        ? h("p", {}, "Top: ", h("strong", { "data-testid": "prediction-top-label" }, predictions[0].label), ` (${fmtPct(predictions[0].probability)})`)
+        : h("p", { class: "muted" }, "No predictions."),
+      h(
+        "ul",
+        { class: "bars" },
+        predictions.map((p) =>
+          h(
+            "li",
+            { class: "bar-row", "data-testid": "prediction-bar", "data-label": p.label },
+            h("span", { class: "bar-label" }, p.label),
+            h(
+              "span",
+              { class: "bar-track", role: "meter", "aria-valuemin": "0", "aria-valuemax": "1", "aria-valuenow": String(p.probability), "aria-label": `${p.label} probability` },
+              h("span", { class: "bar-fill", style: `width:${Math.max(0, Math.min(100, Number(p.probability) * 100)).toFixed(1)}%` }),
+            ),
+            h("span", { class: "bar-value" }, fmtPct(p.probability)),
+          ),
+        ),
+      ),
+    ),
+  );
+}

@@ -1,0 +1,115 @@
+"""Raw compute ceilings of the service's model on a fixed random batch (Keras 3).
+
+No input pipeline, no augmentation, no HTTP: only what the chip can do with the
+model. Every figure is the median over timed calls after warm-up calls (which
+absorb tracing), so a noisy neighbour skews it less than a mean would.
+
+The model is the project's own (``finetune.model.build_model``): backbone without
+top called with training=False, Flatten -> Dense(units, relu) -> Dropout -> Dense(softmax).
+
+* forward: ``model(x, training=False)`` in a ``tf.function`` — the phase-1 bound
+  when features are cached, and the serving bound (batch 1, 8, 32);
+* phase-1 train step: every backbone layer frozen, RMSprop, ``train_on_batch``;
+* phase-2 train step: backbone layers from ``unfreeze_from`` trainable, SGD,
+  ``train_on_batch`` — the fine-tune bound.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from bench.timing import percentile, time_calls
+from finetune.model import build_model, unfreeze_from
+from finetune.spec import TrainingSpec
+
+
+@dataclass
+class Ceilings:
+    batch_size: int
+    unfreeze_index: int
+    forward_ips: float  # frozen forward pass at batch_size, images/s
+    phase1_step_ips: float  # head-only train step at batch_size, images/s
+    phase2_step_ips: float  # train step, layers from unfreeze_index trainable, images/s
+    latency_b1_ms: float  # forward of one image, median ms
+    latency_b1_p95_ms: float
+    forward_b8_ips: float
+    forward_b32_ips: float
+    seconds: float = 0.0
+    calls: dict = field(default_factory=dict)  # how many timed calls each figure is the median of
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _forward_fn(model, batch: np.ndarray):
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False))
+    tensor = tf.constant(batch)
+    return lambda: forward(tensor).numpy()
+
+
+def _train_step_fn(model, optimizer, batch: np.ndarray, labels: np.ndarray):
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    return lambda: model.train_on_batch(batch, labels)
+
+
+def _random_batch(rng: np.random.Generator, size: int, image_size: int, classes: int):
+    images = rng.uniform(-1, 1, size=(size, image_size, image_size, 3)).astype("float32")
+    return images, rng.integers(0, classes, size)
+
+
+def measure_ceilings(
+    spec: TrainingSpec, classes: int, *, calls: int = 20, max_seconds: float = 20.0, seed: int = 0
+) -> Ceilings:
+    """All ceilings for one model configuration, measured one after another in this process."""
+    import keras
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    model, backbone, _ = build_model(spec, num_classes=classes)
+    counts: dict[str, int] = {}
+
+    def median_s(name: str, fn) -> float:
+        times = time_calls(fn, calls=calls, max_seconds=max_seconds)
+        counts[name] = len(times)
+        return statistics.median(times)
+
+    def forward_ips(name: str, size: int) -> float:
+        batch, _ = _random_batch(rng, size, spec.image_size, classes)
+        return size / median_s(name, _forward_fn(model, batch))
+
+    figures = {
+        "forward_ips": forward_ips("forward", spec.batch_size),
+        "forward_b8_ips": forward_ips("forward_b8", 8),
+        "forward_b32_ips": forward_ips("forward_b32", 32),
+    }
+    single, _ = _random_batch(rng, 1, spec.image_size, classes)
+    latencies = [
+        1000 * t for t in time_calls(_forward_fn(model, single), calls=5 * calls, max_seconds=max_seconds, min_calls=10)
+    ]
+    counts["latency_b1"] = len(latencies)
+
+    batch, labels = _random_batch(rng, spec.batch_size, spec.image_size, classes)
+    backbone.trainable = False
+    step = _train_step_fn(model, keras.optimizers.RMSprop(1e-3), batch, labels)
+    figures["phase1_step_ips"] = spec.batch_size / median_s("phase1_step", step)
+    index = spec.unfreeze_index if spec.finetune is not None else len(backbone.layers)
+    unfreeze_from(backbone, index)
+    step = _train_step_fn(model, keras.optimizers.SGD(1e-3), batch, labels)
+    figures["phase2_step_ips"] = spec.batch_size / median_s("phase2_step", step)
+
+    return Ceilings(
+        batch_size=spec.batch_size,
+        unfreeze_index=index,
+        latency_b1_ms=statistics.median(latencies),
+        latency_b1_p95_ms=percentile(latencies, 95),
+        seconds=time.perf_counter() - started,
+        calls=counts,
+        **figures,
+    )

@@ -1,0 +1,216 @@
+"""``python -m bench.run``: ceilings, the seed recipe, the project's training and /predict, side by side.
+
+Writes ``BENCHMARKS.md`` at the repository root, ``<out>/bench.png`` and
+``<out>/results.json``, and prints the report. A section that fails is
+reported as such; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = ROOT.parent / "shared" / "weights"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="mobilenet", help="mobilenet (default), vgg16 (the seed's), ...")
+    parser.add_argument("--alpha", type=float, default=0.25, help="width multiplier (mobilenet* only)")
+    parser.add_argument("--weights", choices=["none", "imagenet"], default="none",
+                        help="none: random init, fine for timing (default)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--unfreeze-from", default=None, help="layer index or name (default: the backbone's)")
+    parser.add_argument("--data", type=Path, default=None, help="a class-per-folder dataset (default: generated)")
+    parser.add_argument("--classes", type=int, default=5, help="generated dataset: classes")
+    parser.add_argument("--per-class", type=int, default=40, help="generated dataset: images per class")
+    parser.add_argument("--requests", type=int, default=100, help="one-client /predict latency requests")
+    parser.add_argument("--level-requests", type=int, default=200, help="most requests per concurrency level")
+    parser.add_argument("--level-seconds", type=float, default=20.0, help="most seconds per concurrency level")
+    parser.add_argument("--calls", type=int, default=20, help="timed calls per ceiling")
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["ceilings", "seed", "project", "serving"], help="leave a section out")
+    return parser.parse_args(argv)
+
+
+def use_shared_weights(backbone: str, alpha: float | None, size: int) -> None:
+    """For ``--weights imagenet``: point KERAS_HOME at ../shared/weights when it holds the file.
+
+    Both Keras 3 and tf_keras read ``$KERAS_HOME/models/`` before downloading; must run
+    before keras is imported.
+    """
+    name = f"mobilenet_{int(alpha * 100) if alpha < 1 else '1_0'}_{size}_tf_no_top.h5".replace("_25_", "_2_5_")
+    source = SHARED_WEIGHTS / name
+    if backbone != "mobilenet" or "KERAS_HOME" in os.environ or not source.exists():
+        return
+    home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
+    (home / "models").mkdir()
+    (home / "models" / name).symlink_to(source)
+    os.environ["KERAS_HOME"] = str(home)
+
+
+def build_spec(args: argparse.Namespace):
+    from finetune.backbones import get_backbone
+    from finetune.spec import TrainingSpec
+
+    unfreeze = args.unfreeze_from
+    if unfreeze is not None and unfreeze.isdigit():
+        unfreeze = int(unfreeze)
+    return TrainingSpec.model_validate({
+        "backbone": args.backbone,
+        "alpha": args.alpha if get_backbone(args.backbone).has_alpha else None,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "warmup": {"epochs": args.warmup_epochs},
+        "finetune": {"epochs": args.finetune_epochs, "unfreeze_from": unfreeze},
+    })
+
+
+def machine(command: str, spec, dataset: str) -> dict:
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    alpha = f" alpha {spec.effective_alpha}" if spec.effective_alpha is not None else ""
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "tf_keras": tf_keras.__version__},
+        "command": command,
+        "model": (f"{spec.backbone}{alpha}, {spec.image_size} px, batch {spec.batch_size}, weights "
+                  f"{spec.weights}, head Dense({spec.head.units}), unfreeze from {spec.unfreeze_index}, "
+                  f"{spec.warmup.epochs} + {spec.finetune.epochs} epochs"),
+        "dataset": dataset,
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+class Sections:
+    """Runs each section, keeping its result or its error; prints progress to stderr."""
+
+    def __init__(self, skip: list[str]):
+        self.skip = set(skip)
+        self.results: dict = {"errors": {}}
+
+    def run(self, name: str, fn, *, group: str | None = None):
+        if (group or name) in self.skip:
+            return None
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as error:  # a failed section is reported, the rest still runs
+            traceback.print_exc()
+            self.results["errors"][name] = f"{type(error).__name__}: {str(error)[:500]}"
+            return None
+        print(f"[bench] {name} done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+        return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.weights == "imagenet":
+        use_shared_weights(args.backbone, args.alpha, args.image_size)
+
+    from bench import report
+    from bench.data import describe, generate_dataset, sample_jpeg
+
+    started = time.perf_counter()
+    out = (args.out if args.out.is_absolute() else ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = args.data or generate_dataset(out / "data", classes=args.classes, per_class=args.per_class)
+    info = describe(data_dir)
+    dataset = (f"{'given' if args.data else 'generated'}: {info['num_images']} images, "
+               f"{len(info['classes'])} classes ({data_dir})")
+    spec = build_spec(args)
+    command = "python -m bench.run" + (" " + shlex.join(argv) if argv else "")
+    sections = Sections(args.skip)
+    results = sections.results
+    results["meta"] = machine(command, spec, dataset)
+
+    results["ceilings"] = _as_dict(sections.run("ceilings", lambda: _ceilings(spec, len(info["classes"]), args)))
+    results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec)))
+    project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, augment=True), group="project")
+    results["project_aug"] = _as_dict(project_aug)
+    results["project_cache"] = _as_dict(sections.run(
+        "project_cache", lambda: _project(data_dir, spec, augment=False), group="project"))
+    if project_aug is not None:
+        results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
+    elif "serving" not in args.skip:
+        results["errors"]["serving"] = "not run: the project's training (the model to serve) did not run"
+    results["meta"]["total_s"] = time.perf_counter() - started
+
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    text = report.render(results)
+    args.report.write_text(text)
+    report.plot(results, out / "bench.png")
+    print(text)
+    print(f"[bench] wrote {args.report}, {out / 'bench.png'}, {out / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+def _as_dict(value):
+    return value.as_dict() if value is not None else None
+
+
+def _ceilings(spec, classes: int, args):
+    from bench.ceilings import measure_ceilings
+
+    return measure_ceilings(spec, classes, calls=args.calls)
+
+
+def _seed(data_dir: Path, spec):
+    from bench.seed_recipe import run_seed_recipe
+
+    return run_seed_recipe(data_dir, spec)
+
+
+def _project(data_dir: Path, spec, *, augment: bool):
+    from bench.project import run_project
+
+    if augment:
+        return run_project(data_dir, spec, label="augmented, both phases")
+    cached = spec.model_copy(update={"augmentation": None, "finetune": None})
+    return run_project(data_dir, cached, label="no augmentation (feature cache), phase 1 only")
+
+
+def _serving(project_run, out: Path, args):
+    from bench.data import sample_jpeg
+    from bench.project import save_model
+    from bench.serving import measure_serving
+
+    model_dir = out / "models"
+    model_id = save_model(project_run, model_dir)
+    image = sample_jpeg(out / "predict.jpg", size=224)
+    return measure_serving(model_dir, model_id, image, out / "serving", requests=args.requests,
+                           level_requests=args.level_requests, level_seconds=args.level_seconds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

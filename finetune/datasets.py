@@ -1,0 +1,127 @@
+"""The dataset store: one folder per uploaded dataset, `images/<class>/<file>` plus `dataset.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from finetune.archive import ArchiveLimits, unpack_archive
+from finetune.dataset import scan_dataset
+from finetune.errors import Conflict, NotFound
+from finetune.storage import Location, check_id
+from finetune.store import new_id, now_iso
+
+RECORD_FILE = "dataset.json"
+DELETING_FILE = ".deleting"
+IMAGES = "images"
+
+
+class DatasetStore:
+    def __init__(self, url: str | Path, *, cache_dir: str | Path | None = None,
+                 limits: ArchiveLimits, max_pixels: int):
+        self.location = Location(str(url))
+        self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "datasets"
+        self.limits, self.max_pixels = limits, max_pixels
+        if self.location.is_local:
+            Path(self.location.root).mkdir(parents=True, exist_ok=True)
+
+    def create_from_archive(self, archive_path: str | Path, *, name: str | None = None) -> dict:
+        """Unpack, scan and record an uploaded archive; on any refusal nothing is left behind."""
+        dataset_id = new_id()
+        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
+        staging_parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{dataset_id}-", dir=staging_parent))
+        try:
+            unpack_archive(archive_path, staging / IMAGES, limits=self.limits)
+            scan = scan_dataset(staging / IMAGES, probe=True, max_pixels=self.max_pixels)
+            record = {
+                "id": dataset_id,
+                "name": name or dataset_id,
+                "classes": scan.classes,
+                "counts": scan.counts,
+                "num_images": len(scan.files),
+                "skipped": [{"path": item.path, "reason": item.reason} for item in scan.skipped],
+                "created_at": now_iso(),
+            }
+            (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
+            if self.location.is_local:
+                os.replace(staging, self.location.local_path(dataset_id))
+            else:
+                target = self.location.path(dataset_id)
+                self.location.fs.put(str(staging / IMAGES), f"{target}/", recursive=True)
+                self.location.fs.put_file(str(staging / RECORD_FILE), f"{target}/{RECORD_FILE}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return record
+
+    def list(self) -> list[dict]:
+        records = []
+        for name in self.location.children():
+            if name.startswith("."):
+                continue
+            try:
+                records.append(self.get(name))
+            except (NotFound, Conflict, ValueError, OSError):
+                continue
+        return sorted(records, key=lambda record: record["created_at"], reverse=True)
+
+    def get(self, dataset_id: str) -> dict:
+        check_id(dataset_id, kind="dataset")
+        if self.location.exists(dataset_id, DELETING_FILE):
+            raise Conflict(f"dataset {dataset_id!r} is being deleted")
+        try:
+            return json.loads(self.location.read_text(dataset_id, RECORD_FILE))
+        except FileNotFoundError:
+            raise NotFound(f"dataset {dataset_id!r} not found") from None
+
+    def delete(self, dataset_id: str) -> None:
+        """Marks the dataset as being deleted (new jobs on it get 409), then removes it."""
+        self.get(dataset_id)
+        if self.location.is_local:
+            Path(self.location.local_path(dataset_id, DELETING_FILE)).touch()
+            doomed = self.location.local_path(f".deleting-{dataset_id}-{new_id()}")
+            os.replace(self.location.local_path(dataset_id), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            self.location.fs.pipe_file(self.location.path(dataset_id, DELETING_FILE), b"")
+            self.location.fs.rm_file(self.location.path(dataset_id, RECORD_FILE))
+            self.location.fs.rm(self.location.path(dataset_id), recursive=True)
+        shutil.rmtree(self.cache_dir / dataset_id, ignore_errors=True)
+
+    def images_dir(self, dataset_id: str) -> Path:
+        """A local folder of the dataset's images, copied into the local cache when the store is remote."""
+        self.get(dataset_id)
+        if self.location.is_local:
+            return self.location.local_path(dataset_id, IMAGES)
+        cached = self.cache_dir / dataset_id
+        if not (cached / "complete").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            self.location.fs.get(self.location.path(dataset_id, IMAGES) + "/", str(cached / IMAGES), recursive=True)
+            (cached / "complete").touch()
+        return cached / IMAGES
+
+    def samples(self, dataset_id: str, *, per_class: int) -> list[dict]:
+        record = self.get(dataset_id)
+        skipped = {item["path"] for item in record["skipped"]}
+        samples = []
+        for label in record["classes"]:
+            names = sorted(self.location.fs.ls(self.location.path(dataset_id, IMAGES, label), detail=False))
+            files = [f"{label}/{PurePosixPath(name).name}" for name in names]
+            samples.append({"label": label, "files": [f for f in files if f not in skipped][:per_class]})
+        return samples
+
+    def read_file(self, dataset_id: str, relative: str) -> bytes:
+        """One image of the dataset, by its `<class>/<file>` path."""
+        record = self.get(dataset_id)
+        parts = PurePosixPath(relative).parts
+        if len(parts) != 2 or parts[0] not in record["classes"] or parts[1].startswith("."):
+            raise NotFound(f"file {relative!r} not found in dataset {dataset_id!r}")
+        try:
+            with self.location.fs.open(self.location.path(dataset_id, IMAGES, *parts), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise NotFound(f"file {relative!r} not found in dataset {dataset_id!r}") from None

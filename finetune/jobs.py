@@ -1,0 +1,184 @@
+"""Job records in Redis: one hash per job plus an index sorted by creation time.
+
+The API creates and reads records; the worker updates them. A status change goes through
+`transition`, a WATCH/MULTI check-and-set, so a cancel and a worker's start cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import redis
+
+from finetune.errors import BrokerUnavailable, Conflict, NotFound
+from finetune.spec import JobSpec
+from finetune.storage import check_id
+from finetune.store import new_id, now_iso
+
+INDEX_KEY = "finetune:jobs"
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES = frozenset({"queued", "running"})
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def job_key(job_id: str) -> str:
+    return f"finetune:job:{job_id}"
+
+
+def new_job_record(spec: JobSpec) -> dict:
+    return {
+        "id": new_id(),
+        "status": "queued",
+        "spec": spec.model_dump(),
+        "dataset_id": spec.dataset_id,
+        "phase": None,
+        "epoch": 0,
+        "epochs": 0,
+        "batch": 0,
+        "batches": 0,
+        "progress": 0.0,
+        "metrics": None,
+        "history": [],
+        "eta_seconds": None,
+        "model_id": None,
+        "error": None,
+        "attempts": 0,
+        "worker": None,
+        "heartbeat_at": None,
+        "created_at": now_iso(),
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:
+    """Fraction of all epochs of both phases done, counting the current epoch's batches."""
+    total = spec["warmup"]["epochs"] + (spec["finetune"]["epochs"] if spec.get("finetune") else 0)
+    if total == 0:
+        return 0.0
+    partial = batch / batches if phase in ("warmup", "finetune") and batches else 0.0
+    if partial >= 1.0:
+        partial = 0.0
+    return min(1.0, (len(history) + partial) / total)
+
+
+def eta_seconds(started_at: str | None, progress: float, *, now: float | None = None) -> float | None:
+    if not started_at or progress <= 0.0:
+        return None
+    elapsed = (now or time.time()) - datetime.fromisoformat(started_at).timestamp()
+    return max(0.0, elapsed * (1.0 - progress) / progress)
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
+                                        health_check_interval=30))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def _guard(self, operation):
+        try:
+            return operation()
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"Redis is unreachable: {error}") from error
+
+    def create(self, spec: JobSpec) -> dict:
+        record = new_job_record(spec)
+        created = datetime.fromisoformat(record["created_at"]).timestamp()
+
+        def write():
+            pipe = self.redis.pipeline()
+            pipe.hset(job_key(record["id"]), mapping={"record": json.dumps(record), "status": "queued", "cancel": "0"})
+            pipe.zadd(INDEX_KEY, {record["id"]: created})
+            pipe.execute()
+
+        self._guard(write)
+        return record
+
+    def get(self, job_id: str) -> dict:
+        check_id(job_id, kind="job")
+        raw = self._guard(lambda: self.redis.hget(job_key(job_id), "record"))
+        if raw is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return json.loads(raw)
+
+    def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
+        def read():
+            ids = self.redis.zrevrange(INDEX_KEY, 0, limit - 1)
+            pipe = self.redis.pipeline()
+            for job_id in ids:
+                pipe.hget(job_key(job_id), "record")
+            return pipe.execute()
+
+        records = [json.loads(raw) for raw in self._guard(read) if raw]
+        return [record for record in records if status is None or record["status"] == status]
+
+    def update(self, job_id: str, patch: dict, *, allowed_from: frozenset[str] | None = None) -> dict:
+        """Apply `patch` atomically; with `allowed_from`, only while the status is one of those."""
+
+        def attempt():
+            with self.redis.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(job_key(job_id))
+                        raw = pipe.hget(job_key(job_id), "record")
+                        if raw is None:
+                            raise NotFound(f"job {job_id!r} not found")
+                        record = json.loads(raw)
+                        if allowed_from is not None and record["status"] not in allowed_from:
+                            raise Conflict(f"job {job_id!r} is {record['status']}")
+                        record.update(patch)
+                        pipe.multi()
+                        pipe.hset(job_key(job_id), mapping={"record": json.dumps(record), "status": record["status"]})
+                        pipe.execute()
+                        return record
+                    except redis.WatchError:
+                        continue
+
+        return self._guard(attempt)
+
+    def request_cancel(self, job_id: str) -> dict:
+        """A queued job is cancelled at once; a running one is flagged and stops at its next batch."""
+        record = self.get(job_id)
+        if record["status"] in FINAL_STATUSES:
+            raise Conflict(f"job {job_id!r} is already {record['status']}")
+        self._guard(lambda: self.redis.hset(job_key(job_id), "cancel", "1"))
+        try:
+            return self.update(job_id, {"status": "cancelled", "finished_at": now_iso(), "eta_seconds": None},
+                               allowed_from=frozenset({"queued"}))
+        except Conflict:
+            return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self._guard(lambda: self.redis.hget(job_key(job_id), "cancel")) == "1"
+
+    def heartbeat(self, job_id: str, worker: str) -> None:
+        self._guard(lambda: self.redis.hset(job_key(job_id), mapping={"heartbeat": time.time(), "worker": worker}))
+
+    def last_heartbeat(self, job_id: str) -> float | None:
+        value = self._guard(lambda: self.redis.hget(job_key(job_id), "heartbeat"))
+        return float(value) if value else None
+
+    def jobs_on_dataset(self, dataset_id: str) -> list[dict]:
+        return [record for record in self.list() if record["dataset_id"] == dataset_id
+                and record["status"] in ACTIVE_STATUSES]
+
+    def counts_by_status(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for record in self.list(limit=100_000):
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        return counts
+
+    def delete(self, job_id: str) -> None:
+        self._guard(lambda: self.redis.delete(job_key(job_id)))
+        self._guard(lambda: self.redis.zrem(INDEX_KEY, job_id))

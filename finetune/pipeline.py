@@ -1,0 +1,180 @@
+"""The input pipeline: decode each image once, then batch, augment and preprocess on the graph."""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from finetune.dataset import DatasetScan
+from finetune.errors import DomainError
+from finetune.images import load_image
+from finetune.spec import AugmentationSpec
+
+IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
+
+
+@dataclass
+class DecodedImages:
+    """Every image of a scan decoded and resized once to `size`, as uint8, in memory or memory-mapped."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    scan: DatasetScan
+
+
+def decode_dataset(
+    scan: DatasetScan,
+    *,
+    size: int,
+    max_pixels: int,
+    cache_dir: Path | None = None,
+    in_memory_limit: int = IN_MEMORY_LIMIT_BYTES,
+    workers: int | None = None,
+) -> DecodedImages:
+    """Decode in parallel threads (Pillow releases the GIL); unreadable files move to `scan.skipped`.
+
+    When the decoded set would exceed `in_memory_limit`, the array is a memory map under `cache_dir`.
+    """
+    count = len(scan.files)
+    nbytes = count * size * size * 3
+    if nbytes > in_memory_limit and cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        pixels = np.lib.format.open_memmap(
+            cache_dir / f"decoded-{size}.npy", mode="w+", dtype=np.uint8, shape=(count, size, size, 3)
+        )
+    else:
+        pixels = np.empty((count, size, size, 3), dtype=np.uint8)
+    failures: dict[str, str] = {}
+
+    def decode(index: int) -> None:
+        relative = scan.files[index]
+        try:
+            pixels[index] = load_image(scan.root / relative, name=relative, size=size, max_pixels=max_pixels)
+        except DomainError as error:
+            failures[relative] = error.message
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+        list(pool.map(decode, range(count)))
+    if failures:
+        keep = np.array([i for i, path in enumerate(scan.files) if path not in failures], dtype=np.int64)
+        return DecodedImages(pixels=pixels[keep], labels=np.asarray(scan.labels)[keep], scan=scan.without(failures))
+    return DecodedImages(pixels=pixels, labels=np.asarray(scan.labels, dtype=np.int64), scan=scan)
+
+
+class RandomAffine(keras.layers.Layer):
+    """The seed's ImageDataGenerator augmentation as one projective transform per image.
+
+    Rotation, shift, shear and zoom compose into one matrix (in the order Keras 2 used), a
+    horizontal flip is folded in, and one `ImageProjectiveTransformV3` resamples each image
+    once with nearest fill, instead of one pass per transform.
+    """
+
+    def __init__(self, spec: AugmentationSpec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def get_config(self):
+        return {**super().get_config(), "spec": self.spec.model_dump()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(AugmentationSpec.model_validate(config.pop("spec")), **config)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        shape = tf.shape(images)
+        batch, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+
+        def uniform(limit: float):
+            return tf.random.uniform([batch], -limit, limit)
+
+        theta = uniform(math.radians(self.spec.rotation))
+        shift_x = uniform(self.spec.width_shift) * width
+        shift_y = uniform(self.spec.height_shift) * height
+        shear = uniform(math.radians(self.spec.shear))
+        zoom_x = 1.0 + uniform(self.spec.zoom)
+        zoom_y = 1.0 + uniform(self.spec.zoom)
+        flip = (
+            tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32)
+            if self.spec.horizontal_flip
+            else tf.zeros([batch])
+        )
+        zeros, ones = tf.zeros([batch]), tf.ones([batch])
+
+        def matrix(*rows):
+            return tf.reshape(tf.stack(rows, axis=-1), [-1, 3, 3])
+
+        rotation = matrix(tf.cos(theta), -tf.sin(theta), zeros, tf.sin(theta), tf.cos(theta), zeros, zeros, zeros, ones)
+        translation = matrix(ones, zeros, shift_x, zeros, ones, shift_y, zeros, zeros, ones)
+        shearing = matrix(ones, -tf.sin(shear), zeros, zeros, tf.cos(shear), zeros, zeros, zeros, ones)
+        zooming = matrix(zoom_x, zeros, zeros, zeros, zoom_y, zeros, zeros, zeros, ones)
+        centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+        to_centre = matrix(ones, zeros, -centre_x * ones, zeros, ones, -centre_y * ones, zeros, zeros, ones)
+        from_centre = matrix(ones, zeros, centre_x * ones, zeros, ones, centre_y * ones, zeros, zeros, ones)
+        mirror = matrix(1.0 - 2.0 * flip, zeros, flip * (width - 1.0), zeros, ones, zeros, zeros, zeros, ones)
+        output_to_input = from_centre @ rotation @ translation @ shearing @ zooming @ to_centre @ mirror
+        transforms = tf.reshape(output_to_input, [-1, 9])[:, :8]
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=images,
+            transforms=transforms,
+            output_shape=shape[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )
+
+
+def make_dataset(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    preprocess: Callable,
+    augmentation: AugmentationSpec | None = None,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (preprocessed float32 images, int labels). Gathers whole batches: no Python per image."""
+    count = len(labels)
+    indices = tf.data.Dataset.range(count)
+    if shuffle_seed is not None:
+        indices = indices.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    indices = indices.batch(batch_size)
+    label_tensor = tf.convert_to_tensor(labels, dtype=tf.int64)
+    if isinstance(pixels, np.memmap):
+
+        def gather_pixels(batch_indices):
+            out = tf.numpy_function(lambda idx: pixels[np.sort(idx)], [tf.sort(batch_indices)], tf.uint8)
+            return tf.ensure_shape(out, [None, *pixels.shape[1:]])
+
+        def gather(batch_indices):
+            ordered = tf.sort(batch_indices)
+            return gather_pixels(ordered), tf.gather(label_tensor, ordered)
+
+    else:
+        pixel_tensor = tf.convert_to_tensor(pixels)
+
+        def gather(batch_indices):
+            return tf.gather(pixel_tensor, batch_indices), tf.gather(label_tensor, batch_indices)
+
+    augment = RandomAffine(augmentation) if augmentation is not None else None
+
+    def transform(images, batch_labels):
+        images = tf.cast(images, tf.float32)
+        if augment is not None:
+            images = augment(images, training=True)
+        return preprocess(images), batch_labels
+
+    return (
+        indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

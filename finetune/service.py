@@ -1,0 +1,82 @@
+"""The service layer: what the REST edge calls. Combines the stores; knows nothing of HTTP or Celery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from finetune.archive import ArchiveLimits
+from finetune.datasets import DatasetStore
+from finetune.errors import BrokerUnavailable, Conflict, NotFound
+from finetune.jobs import ACTIVE_STATUSES, JobStore
+from finetune.predictor import PredictorCache
+from finetune.settings import Settings
+from finetune.spec import JobSpec
+from finetune.store import ModelStore
+
+Enqueue = Callable[[str], None]
+
+
+@dataclass
+class Service:
+    settings: Settings
+    datasets: DatasetStore
+    models: ModelStore
+    jobs: JobStore
+    predictors: PredictorCache
+    enqueue: Enqueue
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, enqueue: Enqueue) -> "Service":
+        models = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
+        return cls(
+            settings=settings,
+            datasets=DatasetStore(settings.data_dir, cache_dir=settings.cache_dir,
+                                  limits=ArchiveLimits.from_settings(settings),
+                                  max_pixels=settings.max_image_pixels),
+            models=models,
+            jobs=JobStore.from_url(settings.redis_url),
+            predictors=PredictorCache(models, size=settings.model_cache_size, max_batch=settings.predict_max_batch),
+            enqueue=enqueue,
+        )
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.datasets.get(dataset_id)
+        active = self.jobs.jobs_on_dataset(dataset_id)
+        if active:
+            raise Conflict(f"dataset {dataset_id!r} is in use by job(s) {', '.join(job['id'] for job in active)}")
+        self.datasets.delete(dataset_id)
+
+    def create_job(self, spec: JobSpec) -> dict:
+        self.datasets.get(spec.dataset_id)
+        record = self.jobs.create(spec)
+        try:
+            self.enqueue(record["id"])
+        except Exception as error:
+            self.jobs.update(record["id"], {"status": "failed", "error": {
+                "type": type(error).__name__, "message": f"could not enqueue the job: {error}"}})
+            raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
+        return record
+
+    def model_for_prediction(self, model_id: str | None):
+        """The loaded predictor; 409 when `model_id` names a job that has not produced its model yet."""
+        try:
+            return self.predictors.get(model_id)
+        except NotFound:
+            if model_id:
+                self._refuse_unfinished_job(model_id)
+            raise
+
+    def _refuse_unfinished_job(self, job_id: str) -> None:
+        try:
+            job = self.jobs.get(job_id)
+        except (NotFound, BrokerUnavailable):
+            return
+        if job["status"] in ACTIVE_STATUSES:
+            raise Conflict(f"job {job_id!r} is {job['status']}: its model is not ready yet")
+        if job.get("model_id"):
+            raise NotFound(f"model {job_id!r} not found; job {job_id!r} produced model {job['model_id']!r}")
+
+    def delete_model(self, model_id: str) -> None:
+        self.models.delete(model_id)
+        self.predictors.evict(model_id)

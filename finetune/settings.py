@@ -1,0 +1,57 @@
+"""One settings object, read from the environment, shared by the API, the worker and the CLI."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset for `make run` means an embedded Redis"
+    )
+    model_dir: str = Field(default="./models", description="model store: a path or s3://bucket/prefix")
+    data_dir: str = Field(default="./data", description="datasets: a path or s3://bucket/prefix")
+    cache_dir: str = Field(default="./.cache/finetune", description="local cache for remote datasets")
+    port: int = 8000
+
+    max_upload_mb: float = Field(default=1024.0, description="largest request body accepted")
+    max_predict_files: int = 32
+    max_image_pixels: int = Field(default=50_000_000, description="decompression-bomb cap per image")
+    archive_max_bytes: int = Field(default=8 * 1024**3, description="total unpacked bytes of one archive")
+    archive_max_files: int = 200_000
+    archive_max_ratio: float = Field(default=200.0, description="largest unpacked/packed ratio")
+
+    job_time_limit_s: int = Field(default=48 * 3600, description="a job running longer ends failed")
+    job_stale_after_s: int = Field(default=120, description="a running job silent this long is re-queued")
+    job_max_attempts: int = 3
+    heartbeat_s: float = 10.0
+
+    model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
+    predict_max_batch: int = 32
+    predict_max_wait_ms: float = 5.0
+
+    api_keys: str = Field(default="", description="comma-separated; empty means no authentication")
+    cors_origins: str = Field(default="", description="comma-separated origins; empty means CORS off")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Longer than the longest job allowed, so Redis never re-delivers a running job."""
+        return self.job_time_limit_s + 3600
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

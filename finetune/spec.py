@@ -1,0 +1,132 @@
+"""The job spec: what to train and how. Defaults are the seed's recipe."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from finetune.backbones import BACKBONES, get_backbone, resolve_unfreeze_from
+
+BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+OptimizerName = Literal["sgd", "rmsprop", "adam"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HeadSpec(StrictModel):
+    units: int = Field(256, ge=1, le=16384, description="units of the hidden Dense layer")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class AugmentationSpec(StrictModel):
+    """The seed's ImageDataGenerator parameters (shear in degrees, as Keras 2 read it)."""
+
+    rotation: float = Field(30.0, ge=0.0, le=180.0, description="degrees, uniform in ±rotation")
+    width_shift: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the width")
+    height_shift: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the height")
+    shear: float = Field(0.2, ge=0.0, le=45.0, description="degrees, uniform in ±shear")
+    zoom: float = Field(0.2, ge=0.0, lt=1.0, description="scale uniform in [1-zoom, 1+zoom]")
+    horizontal_flip: bool = True
+
+
+class PhaseSpec(StrictModel):
+    epochs: int = Field(ge=0, le=10000)
+    optimizer: OptimizerName
+    learning_rate: float = Field(gt=0.0, le=10.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (sgd only)")
+
+
+class WarmupSpec(PhaseSpec):
+    epochs: int = Field(25, ge=0, le=10000)
+    optimizer: OptimizerName = "rmsprop"
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+
+
+class FinetunePhaseSpec(PhaseSpec):
+    epochs: int = Field(100, ge=0, le=10000)
+    optimizer: OptimizerName = "sgd"
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    unfreeze_from: int | str | None = Field(
+        None, description="layer index or name; null means the backbone's last block"
+    )
+
+
+class TrainingSpec(StrictModel):
+    """Everything about a training run except where its data comes from.
+
+    Checks that depend on the backbone are field validators, so a refusal names the field at fault.
+    """
+
+    backbone: BackboneName = "vgg16"
+    weights: Literal["imagenet", "none"] = "imagenet"
+    alpha: float | None = Field(None, gt=0.0, le=2.0, description="width multiplier: mobilenet, mobilenet_v2")
+    image_size: int = Field(224, le=1024)
+    batch_size: int = Field(32, ge=1, le=1024)
+    validation_split: float = Field(0.25, gt=0.0, lt=1.0)
+    seed: int = 42
+    head: HeadSpec = HeadSpec()
+    augmentation: AugmentationSpec | None = AugmentationSpec()
+    warmup: WarmupSpec = WarmupSpec()
+    finetune: FinetunePhaseSpec | None = FinetunePhaseSpec()
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_fits_backbone(cls, alpha: float | None, info: ValidationInfo) -> float | None:
+        name = info.data.get("backbone")
+        if alpha is None or name is None:
+            return alpha
+        backbone = get_backbone(name)
+        if not backbone.has_alpha:
+            raise ValueError(f"alpha applies to mobilenet and mobilenet_v2 only, not {name}")
+        if info.data.get("weights") == "imagenet" and alpha not in backbone.alphas:
+            raise ValueError(f"{name} has ImageNet weights for alpha in {list(backbone.alphas)}, not {alpha}")
+        return alpha
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_fits_backbone(cls, image_size: int, info: ValidationInfo) -> int:
+        name = info.data.get("backbone")
+        minimum = get_backbone(name).min_image_size if name else 32
+        if image_size < minimum:
+            raise ValueError(f"image_size {image_size} is below {name or 'the backbone'}'s minimum of {minimum}")
+        return image_size
+
+    @field_validator("finetune")
+    @classmethod
+    def _unfreeze_from_names_a_layer(
+        cls, finetune: FinetunePhaseSpec | None, info: ValidationInfo
+    ) -> FinetunePhaseSpec | None:
+        name = info.data.get("backbone")
+        if finetune is None or name is None or "alpha" not in info.data:
+            return finetune
+        alpha = info.data["alpha"]
+        if get_backbone(name).has_alpha and alpha is None:
+            alpha = 1.0
+        resolve_unfreeze_from(name, finetune.unfreeze_from, alpha)
+        return finetune
+
+    @property
+    def effective_alpha(self) -> float | None:
+        if not get_backbone(self.backbone).has_alpha:
+            return None
+        return 1.0 if self.alpha is None else self.alpha
+
+    @property
+    def unfreeze_index(self) -> int | None:
+        if self.finetune is None:
+            return None
+        return resolve_unfreeze_from(self.backbone, self.finetune.unfreeze_from, self.effective_alpha)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup.epochs + (self.finetune.epochs if self.finetune else 0)
+
+
+class JobSpec(TrainingSpec):
+    dataset_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    def training_spec(self) -> TrainingSpec:
+        return TrainingSpec.model_validate(self.model_dump(exclude={"dataset_id"}))

@@ -1,0 +1,69 @@
+"""Local paths and object-store URLs (`s3://bucket/prefix`) behind one small interface, via fsspec."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_id(value: str, *, kind: str) -> str:
+    """Ids become folder names: refuse anything that could leave the store."""
+    from finetune.errors import NotFound
+
+    if not SAFE_ID.match(value) or ".." in value:
+        raise NotFound(f"{kind} {value!r} not found")
+    return value
+
+
+@dataclass
+class Location:
+    """A folder that is either on the local disk or in an object store."""
+
+    url: str
+
+    def __post_init__(self):
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **_storage_options(self.url))
+        self.is_local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        if self.is_local:
+            self.root = str(Path(self.root).resolve())
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def local_path(self, *parts: str) -> Path:
+        return Path(self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def read_text(self, *parts: str) -> str:
+        with self.fs.open(self.path(*parts), "r") as handle:
+            return handle.read()
+
+    def write_text_atomic(self, text: str, *parts: str) -> None:
+        """Locally: temporary name then rename. Object stores write a whole object at once."""
+        target = self.path(*parts)
+        if self.is_local:
+            temporary = f"{target}.tmp-{os.getpid()}"
+            Path(temporary).write_text(text)
+            os.replace(temporary, target)
+        else:
+            self.fs.pipe_file(target, text.encode())
+
+    def children(self) -> list[str]:
+        if not self.fs.exists(self.root):
+            return []
+        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
+
+
+def _storage_options(url: str) -> dict:
+    if url.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return {}

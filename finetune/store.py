@@ -1,0 +1,138 @@
+"""The model store: one folder per model holding `model.keras` and `manifest.json`.
+
+The store, not Redis, is the source of truth for models. A model is listed only once its
+manifest exists: locally the folder is assembled under a temporary name and renamed into
+place; in an object store the manifest is uploaded last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from finetune.errors import NotFound
+from finetune.storage import Location, check_id
+
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "manifest.json"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str | None) -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "id": model_id,
+        "created_at": now_iso(),
+        "job_id": job_id,
+        "dataset_id": dataset_id,
+        "spec": result.spec.model_dump(),
+        "classes": result.classes,
+        "image_size": result.spec.image_size,
+        "backbone": result.spec.backbone,
+        "alpha": result.spec.effective_alpha,
+        "metrics": result.metrics,
+        "warmup_metrics": result.warmup_metrics,
+        "history": result.history,
+        "timings": result.timings,
+        "num_train": result.num_train,
+        "num_validation": result.num_validation,
+        "skipped": [{"path": item.path, "reason": item.reason} for item in result.skipped],
+        "model_file": MODEL_FILE,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+class ModelStore:
+    def __init__(self, url: str | Path, *, cache_dir: str | Path | None = None):
+        self.location = Location(str(url))
+        self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "models"
+        if self.location.is_local:
+            Path(self.location.root).mkdir(parents=True, exist_ok=True)
+
+    def save(self, result, *, job_id: str | None = None, dataset_id: str | None = None,
+             model_id: str | None = None) -> dict:
+        model_id = model_id or new_id()
+        manifest = build_manifest(result, model_id=model_id, job_id=job_id, dataset_id=dataset_id)
+        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
+        staging_parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{model_id}-", dir=staging_parent))
+        try:
+            result.model.save(staging / MODEL_FILE)
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+            if self.location.is_local:
+                os.replace(staging, self.location.local_path(model_id))
+            else:
+                target = self.location.path(model_id)
+                self.location.fs.put_file(str(staging / MODEL_FILE), f"{target}/{MODEL_FILE}")
+                self.location.fs.put_file(str(staging / MANIFEST_FILE), f"{target}/{MANIFEST_FILE}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return manifest
+
+    def list(self) -> list[dict]:
+        """Every complete model, newest first."""
+        manifests = []
+        for name in self.location.children():
+            if name.startswith(".") or not self.location.exists(name, MANIFEST_FILE):
+                continue
+            try:
+                manifests.append(json.loads(self.location.read_text(name, MANIFEST_FILE)))
+            except (OSError, ValueError):
+                continue
+        return sorted(manifests, key=lambda manifest: manifest["created_at"], reverse=True)
+
+    def get(self, model_id: str) -> dict:
+        check_id(model_id, kind="model")
+        try:
+            return json.loads(self.location.read_text(model_id, MANIFEST_FILE))
+        except FileNotFoundError:
+            raise NotFound(f"model {model_id!r} not found") from None
+
+    def newest(self) -> dict:
+        models = self.list()
+        if not models:
+            raise NotFound("no model has been trained yet")
+        return models[0]
+
+    def model_file(self, model_id: str) -> Path:
+        """A local path of the model file, downloaded into the cache when the store is remote."""
+        self.get(model_id)
+        if self.location.is_local:
+            return self.location.local_path(model_id, MODEL_FILE)
+        cached = self.cache_dir / model_id / MODEL_FILE
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".part-{os.getpid()}")
+            self.location.fs.get_file(self.location.path(model_id, MODEL_FILE), str(partial))
+            os.replace(partial, cached)
+        return cached
+
+    def load(self, model_id: str):
+        import keras
+
+        return keras.models.load_model(self.model_file(model_id))
+
+    def delete(self, model_id: str) -> None:
+        self.get(model_id)
+        if self.location.is_local:
+            doomed = self.location.local_path(f".deleting-{model_id}-{new_id()}")
+            os.replace(self.location.local_path(model_id), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            self.location.fs.rm_file(self.location.path(model_id, MANIFEST_FILE))
+            self.location.fs.rm(self.location.path(model_id), recursive=True)
+        shutil.rmtree(self.cache_dir / model_id, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""Shared fixtures. Integration fixtures start their own Redis, worker and API; they never touch another Redis."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker  # noqa: E402
+from finetune.settings import Settings  # noqa: E402
+from tests.helpers import make_dataset_zip  # noqa: E402
+
+
+class RedisServer:
+    """A redis-server the tests started; `stop()`/`start()`/`restart()` keep its port and data dir."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def start(self) -> None:
+        if not self.is_running():
+            self.process = start_redis(port=self.port, data_dir=self.data_dir)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, redis_server) -> dict[str, str]:
+    """Environment for child processes: this session's Redis and directories, no stray settings."""
+    root = tmp_path_factory.mktemp("service")
+    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
+    env.update(
+        REDIS_URL=redis_server.url,
+        MODEL_DIR=str(root / "models"),
+        DATA_DIR=str(root / "data"),
+        CACHE_DIR=str(root / "cache"),
+        KERAS_HOME=str(root / "keras"),
+        CUDA_VISIBLE_DEVICES="",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JOB_STALE_AFTER_S="10",
+        HEARTBEAT_S="1",
+    )
+    for key in ("MODEL_DIR", "DATA_DIR", "CACHE_DIR", "KERAS_HOME"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+class LiveService:
+    """One API and one or more workers, sharing `env`."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.env = env
+        self.log_dir = log_dir
+        self.model_dir = Path(env["MODEL_DIR"])
+        self.data_dir = Path(env["DATA_DIR"])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers: list[ManagedProcess] = []
+        self.api: ManagedProcess | None = None
+
+    @property
+    def worker(self) -> ManagedProcess:
+        """The first worker."""
+        return self.workers[0]
+
+    def start_worker(self, hostname: str | None = None) -> ManagedProcess:
+        log_path = self.log_dir / f"worker-{len(self.workers)}.log"
+        process = start_worker(env=self.env, log_path=log_path, hostname=hostname)
+        self.workers.append(process)
+        return process
+
+    def start(self) -> None:
+        self.start_worker()
+        self.api = start_api(env=self.env, port=self.port, log_path=self.log_dir / "api.log")
+
+    def stop(self) -> None:
+        for process in [self.api, *self.workers]:
+            if process is not None:
+                process.stop()
+
+
+@pytest.fixture(scope="session")
+def live_service(service_env, tmp_path_factory):
+    service = LiveService(service_env, tmp_path_factory.mktemp("logs"))
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_zip(tmp_path_factory) -> Path:
+    return make_dataset_zip(tmp_path_factory.mktemp("datasets") / "tiny.zip")

@@ -1,0 +1,306 @@
+"""The web dashboard, end to end, in headless Chromium against the real API, worker and Redis.
+
+Flow: upload a dataset archive through the file input, see its classes and the counts chart, start a tiny
+job from the form, watch it reach 100% without a page reload, see both training curves and the confusion
+matrix, then predict an image on the model page. Every page is also checked at phone width and in the dark
+colour scheme. Screenshots go to artifacts/screenshots/ (git-ignored).
+
+The browser is Debian's /usr/bin/chromium (`make install` puts it there); a missing browser is an error,
+not a skip.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_dataset_zip, make_image_bytes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+JOB_TIMEOUT_MS = 420_000  # a 1+1 epoch MobileNet on 32 px images, on CPU, including the worker's TF start-up
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: the e2e test drives Debian's chromium "
+        "(apt-get install -y chromium; `make install` does it)"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def wait_ready(page, route: str) -> None:
+    """The router marks <main data-ready="/path"> once a page has drawn."""
+    page.wait_for_selector(f'main[data-ready="{route}"]')
+
+
+def go(page, hash_route: str, ready: str) -> None:
+    """Navigate inside the single page (a hash change, never a document load)."""
+    page.evaluate("(h) => { location.hash = h; }", hash_route)
+    wait_ready(page, ready)
+
+
+def enter_key_if_asked(page, api_key: str | None) -> None:
+    if not api_key:
+        return
+    dialog = page.get_by_test_id("api-key-dialog")
+    dialog.wait_for(state="visible")
+    page.fill("#api-key-input", api_key)
+    page.click("#api-key-save")
+
+
+def assert_fits_phone(page, name: str) -> None:
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"{name}: the page is {overflow}px wider than a phone screen"
+
+
+def test_dashboard_end_to_end(live_service, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    base = live_service.url.rstrip("/")
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light")
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page_errors: list[str] = []
+    console_errors: list[str] = []
+    loads: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+    page.on("load", lambda p: loads.append(p.url))
+
+    try:
+        # ------------------------------------------------------------ datasets: upload an archive
+        page.goto(f"{base}/")
+        enter_key_if_asked(page, getattr(live_service, "api_key", None))
+        expect(page).to_have_url(re.compile(r"#/datasets$"))
+        wait_ready(page, "/datasets")
+        expect(page.get_by_test_id("datasets-title")).to_be_visible()
+
+        archive = make_dataset_zip(tmp_path / "colours.zip", classes=("red", "blue"), per_class=8, size=40)
+        page.set_input_files("#dataset-file", str(archive))
+        expect(page.get_by_test_id("dataset-chosen")).to_contain_text("colours.zip")
+        page.fill("#dataset-name", "colours")
+        page.click("#dataset-upload")
+        expect(page).to_have_url(re.compile(r"#/datasets/[^/?]+$"), timeout=120_000)
+        dataset_id = page.url.rsplit("/", 1)[1]
+        wait_ready(page, f"/datasets/{dataset_id}")
+
+        # ------------------------------------------------------------ the dataset page
+        classes = page.get_by_test_id("dataset-classes")
+        expect(classes).to_contain_text("red")
+        expect(classes).to_contain_text("blue")
+        expect(page.get_by_test_id("dataset-num-images")).to_have_text("16")
+        chart = page.locator('[data-testid="counts-chart"]')
+        expect(chart).to_be_visible()
+        bars = page.evaluate(
+            """() => {
+                const chart = window.Chart.getChart(document.querySelector('[data-testid="counts-chart"]'));
+                return {labels: chart.data.labels, values: chart.data.datasets[0].data};
+            }"""
+        )
+        assert sorted(bars["labels"]) == ["blue", "red"] and bars["values"] == [8, 8], bars
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="thumb-img"]')]
+                      .filter((img) => img.complete && img.naturalWidth > 0).length >= 8"""
+        )
+        expect(page.get_by_test_id("thumb-error")).to_have_count(0)
+        expect(page.get_by_test_id("skipped-none")).to_be_visible()
+        shot(page, "02-dataset")
+
+        go(page, "#/datasets", "/datasets")
+        expect(page.locator(f'[data-testid="dataset-row"][data-id="{dataset_id}"]')).to_contain_text("colours")
+        shot(page, "01-datasets")
+
+        # ------------------------------------------------------------ new job: the form
+        go(page, f"#/datasets/{dataset_id}", f"/datasets/{dataset_id}")
+        page.get_by_test_id("train-link").click()
+        wait_ready(page, "/jobs/new")
+        form = page.get_by_test_id("job-form")
+        expect(form).to_have_attribute("data-ready", "true")
+        expect(page.locator("#job-dataset-id")).to_have_value(dataset_id)
+        # the seed's defaults are filled in
+        expect(page.locator("#job-backbone")).to_have_value("vgg16")
+        expect(page.locator("#job-image-size")).to_have_value("224")
+        expect(page.locator("#job-warmup-epochs")).to_have_value("25")
+        expect(page.locator("#job-finetune-epochs")).to_have_value("100")
+        expect(page.locator("#job-alpha")).to_be_hidden()
+
+        page.select_option("#job-backbone", "mobilenet")
+        expect(page.locator("#job-alpha")).to_be_visible()
+        page.wait_for_selector('#job-finetune-unfreeze-from[data-loaded="mobilenet:"]')
+        page.select_option("#job-alpha", "0.25")
+        page.wait_for_selector('#job-finetune-unfreeze-from[data-loaded="mobilenet:0.25"]')
+        assert page.locator("#job-finetune-unfreeze-from option").count() > 10
+        page.select_option("#job-weights", "none")
+        page.fill("#job-batch-size", "8")
+        page.uncheck("#job-augmentation")
+        expect(page.get_by_test_id("augmentation-params")).to_be_disabled()
+        page.fill("#job-warmup-epochs", "1")
+        page.fill("#job-finetune-epochs", "1")
+
+        # client-side validation: refused in the page, shown next to the field, nothing sent
+        page.fill("#job-image-size", "8")
+        page.fill("#job-validation-split", "1.5")
+        page.click("#job-submit")
+        expect(page.get_by_test_id("error-image_size")).to_contain_text("at least")
+        expect(page.get_by_test_id("error-validation_split")).to_be_visible()
+        expect(page.get_by_test_id("form-errors")).to_be_visible()
+        expect(page).to_have_url(re.compile(r"#/jobs/new"))
+        page.fill("#job-image-size", "32")
+        page.fill("#job-validation-split", "0.25")
+        shot(page, "03-new-job")
+
+        page.click("#job-submit")
+        expect(page).to_have_url(re.compile(r"#/jobs/(?!new)[^/?]+$"), timeout=30_000)
+        job_id = page.url.rsplit("/", 1)[1]
+        wait_ready(page, f"/jobs/{job_id}")
+
+        # ------------------------------------------------------------ the job, live, without a reload
+        loads_before = len(loads)
+        page.evaluate("() => { window.__e2eMarker = 'same-document'; }")
+        page.evaluate(
+            """() => {
+                window.__seen = {status: [], progress: []};
+                const note = () => {
+                    const badge = document.querySelector('[data-testid="job-status"] .badge');
+                    const text = document.querySelector('[data-testid="job-progress-text"]');
+                    if (badge && !window.__seen.status.includes(badge.dataset.status)) window.__seen.status.push(badge.dataset.status);
+                    if (text && !window.__seen.progress.includes(text.textContent)) window.__seen.progress.push(text.textContent);
+                };
+                note();
+                new MutationObserver(note).observe(document.getElementById('main'), {subtree: true, childList: true, characterData: true, attributes: true});
+            }"""
+        )
+        page.wait_for_function(
+            """(finals) => finals.includes(
+                document.querySelector('[data-testid="job-status"] .badge')?.dataset.status)""",
+            arg=list(FINAL),
+            timeout=JOB_TIMEOUT_MS,
+        )
+        status = page.locator('[data-testid="job-status"] .badge').get_attribute("data-status")
+        if status != "succeeded":
+            shot(page, "04-job-not-succeeded")
+            detail = page.get_by_test_id("job-error").all_inner_texts() if status == "failed" else []
+            pytest.fail(f"job {job_id} ended {status}: {detail}")
+        expect(page.get_by_test_id("job-progress-text")).to_have_text("100%")
+        assert page.get_by_test_id("job-progress").get_attribute("data-value") == "1"
+        seen = page.evaluate("() => window.__seen")
+        assert "succeeded" in seen["status"] and len(seen["progress"]) >= 2, seen
+        assert page.evaluate("() => window.__e2eMarker") == "same-document", "the page was reloaded"
+        assert len(loads) == loads_before, f"document loads while the job ran: {loads[loads_before:]}"
+
+        # both curves, with one point per epoch and the marker where warmup turns into finetune
+        for testid in ("loss-chart", "accuracy-chart"):
+            canvas = page.get_by_test_id(testid)
+            expect(canvas).to_have_attribute("data-points", "2")
+            expect(canvas).to_have_attribute("data-phase-switch", "1")
+            counts = page.evaluate(
+                """(id) => window.Chart.getChart(document.querySelector(`[data-testid="${id}"]`))
+                             .data.datasets.map((d) => d.data.filter((v) => v !== null).length)""",
+                testid,
+            )
+            assert counts[0] == 2, (testid, counts)
+        shot(page, "04-job")
+
+        # ------------------------------------------------------------ the jobs list
+        page.get_by_test_id("nav-jobs").click()
+        wait_ready(page, "/jobs")
+        row = page.locator(f'[data-testid="job-row"][data-id="{job_id}"]')
+        expect(row).to_have_attribute("data-status", "succeeded")
+        expect(row.get_by_test_id("job-row-progress-text")).to_have_text("100%")
+        shot(page, "05-jobs")
+
+        # ------------------------------------------------------------ the model
+        row.get_by_test_id("job-link").click()
+        wait_ready(page, f"/jobs/{job_id}")
+        page.get_by_test_id("job-model-link").click()
+        expect(page).to_have_url(re.compile(r"#/models/[^/?]+$"))
+        model_id = page.url.rsplit("/", 1)[1]
+        wait_ready(page, f"/models/{model_id}")
+        matrix = page.get_by_test_id("confusion-matrix")
+        expect(matrix).to_be_visible()
+        expect(matrix.get_by_test_id("matrix-cell")).to_have_count(4)
+        cells = [int(t) for t in matrix.get_by_test_id("matrix-cell").all_inner_texts()]
+        assert sum(cells) > 0, cells
+        expect(page.get_by_test_id("report")).to_contain_text("macro avg")
+        expect(page.get_by_test_id("warmup-report")).to_be_visible()
+        expect(page.get_by_test_id("model-loss-chart")).to_have_attribute("data-points", "2")
+
+        # try it: two images, a label for each
+        page.set_input_files(
+            "#predict-files",
+            files=[
+                {"name": "a-red.png", "mimeType": "image/png", "buffer": make_image_bytes("red")},
+                {"name": "a-blue.png", "mimeType": "image/png", "buffer": make_image_bytes("blue")},
+            ],
+        )
+        results = page.get_by_test_id("prediction-result")
+        expect(results).to_have_count(2, timeout=60_000)
+        labels = page.get_by_test_id("prediction-top-label").all_inner_texts()
+        assert len(labels) == 2 and set(labels) <= {"red", "blue"}, labels
+        expect(results.first.get_by_test_id("prediction-bar")).to_have_count(2)
+        shot(page, "06-model")
+
+        # ------------------------------------------------------------ the models list, reached with the keyboard
+        page.get_by_test_id("nav-models").focus()
+        page.keyboard.press("Enter")
+        wait_ready(page, "/models")
+        expect(page.locator(f'[data-testid="model-row"][data-id="{model_id}"]')).to_be_visible()
+        shot(page, "07-models")
+
+        # ------------------------------------------------------------ phone width, then the dark scheme
+        page.set_viewport_size({"width": 390, "height": 844})
+        phone_pages = [
+            ("datasets", "#/datasets", "/datasets"),
+            ("dataset", f"#/datasets/{dataset_id}", f"/datasets/{dataset_id}"),
+            ("new-job", f"#/jobs/new?dataset={dataset_id}", "/jobs/new"),
+            ("job", f"#/jobs/{job_id}", f"/jobs/{job_id}"),
+            ("jobs", "#/jobs", "/jobs"),
+            ("model", f"#/models/{model_id}", f"/models/{model_id}"),
+        ]
+        for name, route, ready in phone_pages:
+            go(page, route, ready)
+            assert_fits_phone(page, name)
+            shot(page, f"phone-{name}")
+        page.emulate_media(color_scheme="dark")
+        page.set_viewport_size({"width": 1280, "height": 900})
+        go(page, f"#/jobs/{job_id}", f"/jobs/{job_id}")
+        go(page, f"#/models/{model_id}", f"/models/{model_id}")
+        background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert background != "rgb(244, 246, 249)", "the dark scheme did not apply"
+        shot(page, "dark-model")
+
+        assert len(loads) == 1, f"expected one document load for the whole session, got {loads}"
+        assert not page_errors, page_errors
+        assert not console_errors, console_errors
+    finally:
+        context.close()

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import redis
+
+from finetune.launcher import (
+    PROJECT_ROOT,
+    ManagedProcess,
+    find_redis_server,
+    free_port,
+    http_status,
+    start_redis,
+)
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_find_redis_server_is_an_executable_redis():
+    path = find_redis_server()
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    assert "Redis server" in version
+
+
+def test_redis_answers_ping_and_stop_leaves_no_process(tmp_path):
+    port = free_port()
+    server = start_redis(port=port, data_dir=tmp_path)
+    try:
+        assert redis.Redis(port=port).ping()
+    finally:
+        server.stop()
+    assert not pid_exists(server.pid)
+
+
+def test_redis_aof_survives_a_restart(tmp_path):
+    port = free_port()
+    server = start_redis(port=port, data_dir=tmp_path)
+    try:
+        redis.Redis(port=port).set("survivor", "yes")
+    finally:
+        server.stop()
+
+    server = start_redis(port=port, data_dir=tmp_path)
+    try:
+        assert redis.Redis(port=port).get("survivor") == b"yes"
+    finally:
+        server.stop()
+
+
+def test_stop_kills_the_whole_process_group(tmp_path):
+    script = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
+    process = ManagedProcess("sleeper", [sys.executable, "-c", script], log_path=tmp_path / "sleeper.log")
+    deadline = time.monotonic() + 10
+    while not psutil.Process(process.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = psutil.Process(process.pid).children()[0].pid
+    process.stop(timeout=5)
+    assert not pid_exists(process.pid)
+    assert wait_until_dead(grandchild, timeout=5)
+
+
+def wait_until_dead(pid: int, timeout: float) -> bool:
+    """True once `pid` is gone or a zombie (an orphan may wait a while for init to reap it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (PROJECT_ROOT / "app" / "main.py").exists() or not (PROJECT_ROOT / "worker" / "celery_app.py").exists(),
+    reason="needs the API and the worker modules",
+)
+def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"REDIS_URL", "MODEL_DIR", "DATA_DIR", "CACHE_DIR", "PORT"}
+    }
+    env.update(
+        PORT=str(port),
+        MODEL_DIR=str(tmp_path / "models"),
+        DATA_DIR=str(tmp_path / "data"),
+        CACHE_DIR=str(tmp_path / "cache"),
+        KERAS_HOME=str(tmp_path / "keras"),
+        CUDA_VISIBLE_DEVICES="",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "finetune.launcher"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while http_status(f"http://127.0.0.1:{port}/healthz") != 200:
+            assert launcher.poll() is None, f"launcher exited early:\n{launcher.stdout.read()}"
+            assert time.monotonic() < deadline, "API not up within 180s"
+            time.sleep(0.5)
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        assert {"redis", "celery", "uvicorn"} <= {_role(child) for child in children}
+
+        launcher.send_signal(signal.SIGINT)
+        output, _ = launcher.communicate(timeout=60)
+        assert launcher.returncode == 0, output
+        assert f"http://127.0.0.1:{port}/docs" in output
+        survivors = [child.pid for child in children if pid_exists(child.pid)]
+        assert survivors == []
+        assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or any(
+            (tmp_path / "data" / "redis").glob("appendonly*")
+        )
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+
+def _role(process: psutil.Process) -> str:
+    command = " ".join(process.cmdline())
+    return next((role for role in ("redis", "celery", "uvicorn") if role in command), "other")

@@ -1,0 +1,46 @@
+"""The Celery app: `celery -A worker.celery_app worker --pool=solo --concurrency=1`."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
+
+from finetune.settings import get_settings
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    broker = settings.redis_url or "redis://127.0.0.1:6379/0"
+    app = Celery("finetune", broker=broker, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_default_queue="finetune",
+    )
+    return app
+
+
+app = make_celery()
+
+
+@worker_ready.connect
+def _start_reaper(sender=None, **_):
+    from worker.reaper import start_reaper
+
+    sender.app.finetune_reaper = start_reaper(get_settings())
+
+
+@worker_shutting_down.connect
+def _stop_reaper(**_):
+    reaper = getattr(app, "finetune_reaper", None)
+    if reaper is not None:
+        reaper.stopped.set()

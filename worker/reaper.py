@@ -1,0 +1,60 @@
+"""Re-queues running jobs whose worker went silent, without waiting for Redis' visibility timeout."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from finetune.jobs import JobStore
+from finetune.settings import Settings
+
+log = logging.getLogger("worker.reaper")
+LOCK_KEY = "finetune:reaper-lock"
+
+
+def requeue_stale_jobs(jobs: JobStore, *, stale_after_s: float, enqueue) -> list[str]:
+    """Every running job with no heartbeat for `stale_after_s` goes back to `queued` and is enqueued again."""
+    requeued = []
+    now = time.time()
+    for record in jobs.list(status="running"):
+        beat = jobs.last_heartbeat(record["id"])
+        if beat is not None and now - beat < stale_after_s:
+            continue
+        try:
+            jobs.update(record["id"], {"status": "queued", "worker": None}, allowed_from=frozenset({"running"}))
+        except Exception:
+            continue
+        enqueue(record["id"])
+        requeued.append(record["id"])
+        log.warning("job %s: worker silent for %.0f s; re-queued to resume from its checkpoint",
+                    record["id"], now - (beat or 0))
+    return requeued
+
+
+class Reaper(threading.Thread):
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True, name="finetune-reaper")
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from worker.tasks import run_job
+
+        jobs = JobStore.from_url(self.settings.redis_url)
+        interval = max(1.0, self.settings.job_stale_after_s / 4)
+        while not self.stopped.wait(interval):
+            try:
+                if jobs.redis.set(LOCK_KEY, "1", nx=True, ex=int(interval) + 1):
+                    requeue_stale_jobs(jobs, stale_after_s=self.settings.job_stale_after_s,
+                                       enqueue=lambda job_id: run_job.delay(job_id))
+            except redis.RedisError:
+                log.warning("reaper could not reach Redis", exc_info=True)
+
+
+def start_reaper(settings: Settings) -> Reaper:
+    reaper = Reaper(settings)
+    reaper.start()
+    return reaper

@@ -1,0 +1,52 @@
+"""The one task: run a job in a child process, so each job gets a fresh TensorFlow and returns its memory."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+
+from worker.celery_app import app
+from finetune.jobs import FINAL_STATUSES, JobStore
+from finetune.runner import EXIT_OWNED_ELSEWHERE
+from finetune.settings import get_settings
+
+log = logging.getLogger("worker.tasks")
+PR_SET_PDEATHSIG = 1
+
+
+class JobProcessFailed(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """The job process gets SIGKILL when the worker dies, so no training outlives its worker."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run_job_process(job_id: str) -> int:
+    return subprocess.call([sys.executable, "-m", "finetune.runner", job_id], preexec_fn=_die_with_parent)
+
+
+@app.task(name="finetune.run_job", acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> str:
+    """Runs the job's process until the job reaches a final state; a crashed process is resumed
+    from its checkpoint until the attempt limit, after which the runner marks the job failed."""
+    jobs = JobStore.from_url(get_settings().redis_url)
+    while True:
+        code = run_job_process(job_id)
+        if code == EXIT_OWNED_ELSEWHERE:
+            log.info("job %s is running on another live worker; this delivery is a duplicate", job_id)
+            return "duplicate"
+        record = jobs.get(job_id)
+        if record["status"] in FINAL_STATUSES:
+            if record["status"] == "failed" and code != 0:
+                error = record["error"] or {}
+                raise JobProcessFailed(f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
+            return record["status"]
+        log.warning("job %s process exited with %s while %s; running it again", job_id, code, record["status"])
