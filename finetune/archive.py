@@ -350,6 +350,8 @@ def _plan(entries: Iterator[_Entry], budget: _Budget) -> list[_Planned]:
 def _safe_parts(name: str) -> tuple[str, ...]:
     if name.startswith(("/", "\\")) or _DRIVE_LETTER.match(name):
         raise BadArchive(f"entry {_show(name)} has an absolute path")
+    if "\x00" in name:
+        raise BadArchive(f"entry {_show(name)} has a NUL character in its name")
     parts = tuple(part for part in _SEPARATORS.split(name) if part not in ("", "."))
     if ".." in parts:
         raise BadArchive(f"entry {_show(name)} points outside the archive (..)")

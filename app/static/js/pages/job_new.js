@@ -228,7 +228,7 @@ export async function newJobPage(root, ctx, _params, query) {
     const alphas = ALPHAS[info.name] || ["0.25", "0.35", "0.5", "0.75", "1.0", "1.3", "1.4"];
     alphaSelect.replaceChildren(
       h("option", { value: "" }, "default (1.0)"),
-      alphas.map((a) => h("option", { value: a, selected: a === previous }, a)),
+      ...alphas.map((a) => h("option", { value: a, selected: a === previous }, a)),
     );
   }
 
