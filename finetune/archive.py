@@ -4,37 +4,37 @@ What `unpack_archive` guarantees and decides:
 
 - The format comes from the magic bytes, never from the file name.
 - The whole upload is refused (BadArchive) for an entry with an absolute
-  path, a drive letter, a `..` component, a name component over 255 bytes,
-  a symbolic or hard link, a device, fifo or other special file, an
-  encrypted zip entry, a duplicate entry, or a corrupt archive.
+  path, a drive letter, a `..` component, a NUL character or a name
+  component over 255 bytes, a symbolic or hard link, a device, fifo or other
+  special file, an encrypted zip entry, a duplicate entry, or a corrupt
+  archive. Hidden entries get the same checks before they are ignored.
 - Size caps raise TooLarge: more files than `max_files`, more bytes than
   `max_bytes`, or more than `max_ratio` times the archive's own size. They
-  are checked against the sizes the headers declare (to refuse a bomb
-  before decompressing it) and again against the bytes actually written.
-  The tar stream itself is read through a bounded reader, so a header that
-  lies cannot make the reader decompress or buffer without limit.
+  are checked against the sizes the headers declare, ignored entries
+  included, to refuse a bomb before decompressing it; and again against the
+  bytes actually written. Entries of any kind are capped at
+  2 * max_files + 1024, and the tar stream is read through a bounded reader,
+  so a lying header cannot make tarfile buffer or decompress without limit.
 - Ignored without a word: directory entries, anything under `__MACOSX/`,
   any path component starting with `.` (`.DS_Store`, `._photo.jpg`, `.git/`),
   `Thumbs.db` and `desktop.ini`.
-- Nested archives are SKIPPED, not unpacked and not refused: an entry named
+- Nested archives are SKIPPED, neither unpacked nor refused: an entry named
   .zip/.tar/.gz/.tgz/.bz2/.xz/.7z/.rar/... or whose first bytes are an
   archive's magic is left out, so one stray archive does not fail the upload.
-- Layout: one folder per class holding its images, `<class>/<image>`. If
-  every kept entry sits in one top folder, something lies below a second
-  level and no image sits directly in that folder, it is a wrapping folder
-  and is stripped (`dataset/cats/1.jpg`). After that,
-  an image (by extension) at the top level, or deeper than
-  `<class>/<image>`, refuses the upload with a message naming it. Deeper
-  folders are refused rather than flattened because the usual cause is a
-  `train/<class>/...` and `val/<class>/...` split, which flattening would
+- Layout is `<class>/<image>`. A single top folder is stripped as a wrapper
+  (`dataset/cats/1.jpg`) when something lies two levels below it and no
+  image sits directly in it. After that, an image (by extension) at the top
+  level or deeper than `<class>/<image>` refuses the upload, naming it.
+  Deeper folders are refused rather than flattened because the usual cause
+  is a `train/<class>/...` + `val/<class>/...` split, which flattening would
   silently turn into the classes "train" and "val". Non-image files outside
   `<class>/` are dropped; those inside a class folder are kept, for the
   dataset scanner to report.
-- Unpacking goes to a fresh hidden directory next to `dest_dir`, renamed
-  into place only when everything succeeded; on any failure it is removed,
-  so a refused upload leaves nothing behind. Nothing is written elsewhere.
+- Unpacking goes to a fresh hidden directory next to `dest_dir` (whose
+  parent is created if missing), renamed into place only when everything
+  succeeded; on any failure it is removed, so a refused upload leaves
+  nothing behind. Nothing is written anywhere else.
 """
-
 from __future__ import annotations
 
 import gzip
@@ -108,7 +108,7 @@ def unpack_archive(archive_path: str | Path, dest_dir: str | Path, *, limits: Ar
         raise FileExistsError(f"{dest} already exists")
     archive_format = detect_format(archive_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpacking", dir=dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:100]}.", suffix=".unpacking", dir=dest.parent))
     try:
         _unpack_into(archive_path, archive_format, staging, limits)
         _move_into_place(staging, dest)
@@ -442,7 +442,9 @@ def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry) -> None:
 # --- extract --------------------------------------------------------------------------------
 
 
-def _unpack_into(archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits) -> None:
+def _unpack_into(
+    archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits
+) -> None:
     packed_size = archive_path.stat().st_size
     budget = _Budget(limits, packed_size)
     with _open_reader(archive_path, archive_format, limits, packed_size) as reader:

@@ -92,7 +92,7 @@ def _decode_stream(stream: BinaryIO, head: bytes, *, name: str, max_pixels: int)
             _check_dimensions(image.size, name=name, max_pixels=max_pixels)
             image.load()
             return _to_rgb_array(_apply_exif_orientation(image))
-    except (BadImage, NotAnImage):
+    except (BadImage, NotAnImage, MemoryError):
         raise
     except Image.UnidentifiedImageError as error:
         if _looks_like_known_format(head):

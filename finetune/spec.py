@@ -126,7 +126,14 @@ class TrainingSpec(StrictModel):
 
 
 class JobSpec(TrainingSpec):
-    dataset_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @field_validator("dataset_id")
+    @classmethod
+    def _dataset_id_is_not_a_path(cls, dataset_id: str) -> str:
+        if ".." in dataset_id:
+            raise ValueError(f"dataset_id {dataset_id!r} must not contain '..'")
+        return dataset_id
 
     def training_spec(self) -> TrainingSpec:
         return TrainingSpec.model_validate(self.model_dump(exclude={"dataset_id"}))

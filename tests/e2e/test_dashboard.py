@@ -163,7 +163,7 @@ def test_dashboard_end_to_end(live_service, browser, tmp_path):
         page.select_option("#job-weights", "none")
         page.fill("#job-batch-size", "8")
         page.uncheck("#job-augmentation")
-        expect(page.get_by_test_id("augmentation-params")).to_be_disabled()
+        expect(page.locator("#job-augmentation-rotation")).to_be_disabled()
         page.fill("#job-warmup-epochs", "1")
         page.fill("#job-finetune-epochs", "1")
 

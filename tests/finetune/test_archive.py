@@ -176,7 +176,8 @@ def test_unpacks_class_folders(scene, archive_format, wrapper):
 
 
 @pytest.mark.parametrize(
-    "archive_format, misleading_name", [("tar.gz", "upload.zip"), ("zip", "upload.tar.gz"), ("tar", "upload.zip")]
+    "archive_format, misleading_name",
+    [("tar.gz", "upload.zip"), ("zip", "upload.tar.gz"), ("tar", "upload.zip")],
 )
 def test_format_comes_from_magic_bytes_not_the_name(scene, archive_format, misleading_name):
     path = write_archive(scene.archive(misleading_name), archive_format, TWO_CLASSES)
@@ -248,7 +249,12 @@ def test_nested_archives_are_skipped_by_name_and_by_magic(scene):
 
 
 def test_non_images_outside_class_folders_are_dropped_and_inside_kept(scene):
-    entries = {**TWO_CLASSES, "README.md": b"read me", "cats/notes.txt": b"kept for the scanner", "cats/extra/labels.csv": b"x"}
+    entries = {
+        **TWO_CLASSES,
+        "README.md": b"read me",
+        "cats/notes.txt": b"kept for the scanner",
+        "cats/extra/labels.csv": b"x",
+    }
     scene.unpack(write_zip(scene.archive("readme.zip"), entries))
     assert scene.unpacked() == {**TWO_CLASSES, "cats/notes.txt": b"kept for the scanner"}
 
@@ -311,13 +317,16 @@ def test_parent_references_are_refused(scene, archive_format, name):
     assert not (scene.data_dir / "evil.png").exists()
 
 
-@pytest.mark.parametrize("name", ["/etc/evil.png", "/cats/a.png", "\\evil.png", "C:\\evil.png", "c:/evil.png", "C:evil.png"])
+@pytest.mark.parametrize(
+    "name", ["/etc/evil.png", "/cats/a.png", "\\evil.png", "C:\\evil.png", "c:/evil.png", "C:evil.png"]
+)
 @pytest.mark.parametrize("archive_format", FORMATS)
 def test_absolute_paths_and_drive_letters_are_refused(scene, archive_format, name):
     if archive_format == "zip":
         path = zip_with_infos(scene.archive("abs.zip"), [(zipfile.ZipInfo(name), RED_PNG)])
     else:
-        path = write_tar(scene.archive("abs.tar"), [tar_file_info(name, RED_PNG)], gz=archive_format == "tar.gz")
+        members = [tar_file_info(name, RED_PNG)]
+        path = write_tar(scene.archive("abs.tar"), members, gz=archive_format == "tar.gz")
     refuse(scene, path, match="absolute path")
 
 
@@ -371,7 +380,7 @@ def test_hidden_entries_still_may_not_escape_or_link(scene):
 
 
 def mark_encrypted(path: Path, name: bytes) -> None:
-    """Set the 'encrypted' flag of `name` in both of its zip headers (zipfile cannot write encrypted entries)."""
+    """Set the 'encrypted' flag of `name` in both its zip headers: zipfile cannot write encrypted entries."""
     data = bytearray(path.read_bytes())
     for signature, flag_at, length_at, name_at in [(b"PK\x03\x04", 6, 26, 30), (b"PK\x01\x02", 8, 28, 46)]:
         start = data.find(signature)
@@ -396,6 +405,12 @@ def test_duplicate_entries_are_refused(scene):
     refuse(scene, zip_with_infos(scene.archive("dup.zip"), infos), match="more than once")
 
 
+def test_nul_character_in_a_tar_name_is_refused(scene):
+    members = [tar_file_info(name, content) for name, content in TWO_CLASSES.items()]
+    members.append(tar_file_info("cats/" + "x" * 120 + "\x00.png", RED_PNG))
+    refuse(scene, write_tar(scene.archive("nul.tar"), members), match="NUL")
+
+
 def test_name_component_over_255_bytes_is_refused(scene):
     path = write_zip(scene.archive("long.zip"), {**TWO_CLASSES, "cats/" + "é" * 200 + ".png": RED_PNG})
     refuse(scene, path, match="longer than 255 bytes")
@@ -406,7 +421,13 @@ def test_name_component_over_255_bytes_is_refused(scene):
 
 @pytest.mark.parametrize(
     "content",
-    [b"this is a text file, not a zip\n" * 40, b"", b"PK", b"\x89PNG\r\n\x1a\n" + bytes(600), os.urandom(2048)],
+    [
+        b"this is a text file, not a zip\n" * 40,
+        b"",
+        b"PK",
+        b"\x89PNG\r\n\x1a\n" + bytes(600),
+        os.urandom(2048),
+    ],
     ids=["text", "zero-bytes", "two-bytes", "png", "random"],
 )
 def test_not_an_archive_despite_a_zip_name(scene, content):
@@ -428,7 +449,13 @@ def test_empty_archive_is_refused(scene, archive_format):
 
 
 def test_archive_of_only_ignored_and_dropped_entries_is_empty(scene):
-    entries = {"__MACOSX/._x": b"x", ".DS_Store": b"x", "README.md": b"x", "cats/": b"", "dogs/Thumbs.db": b"x"}
+    entries = {
+        "__MACOSX/._x": b"x",
+        ".DS_Store": b"x",
+        "README.md": b"x",
+        "cats/": b"",
+        "dogs/Thumbs.db": b"x",
+    }
     refuse(scene, write_zip(scene.archive("nothing.zip"), entries), match="archive is empty")
 
 
@@ -497,7 +524,8 @@ def test_a_file_that_is_also_the_wrapping_folder_is_refused(scene):
 
 @pytest.mark.parametrize("archive_format", ["zip", "tar.gz"])
 def test_compression_bomb_over_the_ratio_is_too_large(scene, archive_format):
-    path = write_archive(scene.archive("bomb.bin"), archive_format, {**TWO_CLASSES, "cats/zeros.bin": bytes(5_000_000)})
+    entries = {**TWO_CLASSES, "cats/zeros.bin": bytes(5_000_000)}
+    path = write_archive(scene.archive("bomb.bin"), archive_format, entries)
     error = refuse(scene, path, TooLarge, match="times its packed size")
     assert error.status_code == 413
 
@@ -506,7 +534,8 @@ def test_compression_bomb_over_the_ratio_is_too_large(scene, archive_format):
 def test_more_bytes_than_max_bytes_is_too_large(scene, archive_format):
     limits = ArchiveLimits(max_bytes=30_000, max_files=1000, max_ratio=1e9)
     entries = {**TWO_CLASSES, "cats/noise.bin": os.urandom(40_000)}
-    refuse(scene, write_archive(scene.archive("big.bin"), archive_format, entries), TooLarge, match="30000 bytes", limits=limits)
+    path = write_archive(scene.archive("big.bin"), archive_format, entries)
+    refuse(scene, path, TooLarge, match="30000 bytes", limits=limits)
 
 
 def test_ignored_entries_count_towards_the_decompression_limits(scene):
@@ -517,7 +546,8 @@ def test_ignored_entries_count_towards_the_decompression_limits(scene):
 @pytest.mark.parametrize("archive_format", FORMATS)
 def test_more_files_than_max_files_is_too_large(scene, archive_format):
     limits = ArchiveLimits(max_bytes=10_000_000, max_files=2, max_ratio=200)
-    refuse(scene, write_archive(scene.archive("many.bin"), archive_format, TWO_CLASSES), TooLarge, match="more than the limit of 2", limits=limits)
+    path = write_archive(scene.archive("many.bin"), archive_format, TWO_CLASSES)
+    refuse(scene, path, TooLarge, match="more than the limit of 2", limits=limits)
 
 
 def test_a_flood_of_ignored_entries_is_too_large(scene):
@@ -545,15 +575,16 @@ def test_tar_header_claiming_a_huge_pax_record_is_refused_without_reading_it(sce
     header = pax.tobuf(format=tarfile.USTAR_FORMAT)
     path = scene.archive("pax.tar.gz")
     path.write_bytes(gzip.compress(header + b"10 path=x\n" + bytes(502)))
-    refuse(scene, path, (TooLarge, BadArchive))
+    refuse(scene, path, TooLarge, match="too large to read")
 
 
 # --- property: whatever the names, nothing lands outside dest ------------------------------------
 
 
 NAME_PARTS = st.one_of(
-    st.sampled_from(["..", ".", "", "cats", "dogs", "a.png", "b.jpg", "C:", "__MACOSX", ".DS_Store", "x.zip", "\\..", "é🐱.png"]),
-    st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12),
+    st.sampled_from(["..", ".", "", "cats", "dogs", "a.png", "b.jpg", "C:", "\\..", "é🐱.png"]),
+    st.sampled_from(["__MACOSX", ".DS_Store", "x.zip"]),
+    st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12),
     st.just("n" * 300),
 )
 ENTRY_NAMES = st.builds(
@@ -603,7 +634,9 @@ def build_tar(path: Path, entries, gz: bool) -> None:
     max_bytes=st.sampled_from([500, 100_000]),
     max_ratio=st.sampled_from([2.0, 200.0]),
 )
-def test_any_archive_unpacks_inside_dest_or_is_refused_cleanly(entries, archive_format, max_files, max_bytes, max_ratio):
+def test_any_archive_unpacks_inside_dest_or_is_refused_cleanly(
+    entries, archive_format, max_files, max_bytes, max_ratio
+):
     with tempfile.TemporaryDirectory() as temporary:
         scene = Scene(Path(temporary))
         path = scene.archive("upload.bin")

@@ -38,11 +38,13 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    pixels = zlib.compress(b"\x00" * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def assert_close(pixel, expected, tolerance=6):
-    assert np.all(np.abs(np.asarray(pixel, dtype=int) - np.asarray(expected, dtype=int)) <= tolerance), (pixel, expected)
+    difference = np.abs(np.asarray(pixel, dtype=int) - np.asarray(expected, dtype=int))
+    assert np.all(difference <= tolerance), (pixel, expected)
 
 
 def test_image_extensions_are_lowercase_suffixes():

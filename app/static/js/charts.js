@@ -30,7 +30,10 @@ function baseOptions() {
     maintainAspectRatio: false,
     animation: false,
     color: t.fg,
-    plugins: { legend: { labels: { color: t.fg } }, tooltip: { intersect: false, mode: "index" } },
+    plugins: {
+      legend: { labels: { color: t.fg, usePointStyle: true, pointStyle: "line" } },
+      tooltip: { intersect: false, mode: "index" },
+    },
     scales: {
       x: { ticks: { color: t.muted }, grid: { color: t.grid } },
       y: { ticks: { color: t.muted }, grid: { color: t.grid } },

@@ -193,13 +193,14 @@ export function dl(pairs, attrs = {}) {
 }
 
 /** A table; rows are arrays of cells (string or node); headers give the phone-layout labels. */
-export function table(headers, rows, { caption, testid, rowAttrs } = {}) {
+export function table(headers, rows, { caption, testid, rowAttrs, responsive = true } = {}) {
   return h(
     "div",
     { class: "table-wrap" },
     h(
       "table",
-      { class: "table table-responsive", "data-testid": testid },
+      // responsive: one card per row at phone width; otherwise the table scrolls sideways if it must
+      { class: responsive ? "table table-responsive" : "table", "data-testid": testid },
       caption ? h("caption", {}, caption) : null,
       h("thead", {}, h("tr", {}, headers.map((name) => h("th", { scope: "col" }, name)))),
       h(

@@ -50,6 +50,12 @@ export async function newJobPage(root, ctx, _params, query) {
   // ------------------------------------------------------------ field builders
   function register(path, input, wrap, error) {
     fields.set(path, { input, wrap, error });
+    // an error shown for a field goes away as soon as the field is edited
+    const forget = () => {
+      if (!error.hidden) showFieldError(path, null);
+    };
+    input.addEventListener("input", forget);
+    input.addEventListener("change", forget);
   }
   function fieldWrap(path, label, input, hint) {
     const id = idFor(path);

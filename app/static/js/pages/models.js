@@ -197,7 +197,7 @@ function reportTable(report, testid) {
   if (report.macro_avg) rows.push(row("macro avg", report.macro_avg, "strong"));
   if (report.weighted_avg) rows.push(row("weighted avg", report.weighted_avg, "strong"));
   if (typeof report.accuracy === "number") rows.push([h("span", { class: "strong" }, "accuracy"), DASH, DASH, fmtNum(report.accuracy), DASH]);
-  return table(["Class", "Precision", "Recall", "F1", "Support"], rows, { caption: "Classification report", testid });
+  return table(["Class", "Precision", "Recall", "F1", "Support"], rows, { caption: "Classification report", testid, responsive: false });
 }
 
 function confusionMatrix(matrix, classes, testid) {
@@ -206,10 +206,11 @@ function confusionMatrix(matrix, classes, testid) {
   return h(
     "div",
     { class: "table-wrap" },
+    h("p", { class: "hint", id: `${testid}-caption` }, "Confusion matrix: rows are the true class, columns the predicted class."),
     h(
       "table",
-      { class: "matrix", "data-testid": testid },
-      h("caption", {}, "Confusion matrix: rows are the true class, columns the predicted class"),
+      { class: "matrix", "data-testid": testid, "aria-describedby": `${testid}-caption` },
+      h("caption", { class: "visually-hidden" }, "Confusion matrix"),
       h(
         "thead",
         {},

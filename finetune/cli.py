@@ -1,0 +1,177 @@
+"""The `finetune` command: train, predict, layers, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_assignment(text: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (["a", "b"], value), the value read as JSON when it parses, else as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_assignments(spec: dict, assignments: list[tuple[list[str], object]]) -> dict:
+    for path, value in assignments:
+        node = spec
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return spec
+
+
+class EpochBars:
+    """One tqdm bar per epoch, closed with the epoch's metrics."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.phase not in ("warmup", "finetune"):
+            self._close()
+            print(f"[{event.phase}]", file=sys.stderr)
+            return
+        if event.metrics is not None:
+            if self.bar is not None:
+                self.bar.n = event.batches
+                self.bar.set_postfix({k: f"{v:.4f}" for k, v in event.metrics.items() if k not in ("phase", "epoch")})
+            self._close()
+            return
+        if event.batch == 0:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=event.batches, desc=f"{event.phase} {event.epoch}/{event.epochs}",
+                            unit="batch", file=sys.stderr, leave=True)
+        self.bar.n = event.batch
+        self.bar.refresh()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def command_train(args) -> int:
+    from pydantic import ValidationError
+
+    from finetune.errors import DomainError
+    from finetune.evaluation import format_report
+    from finetune.settings import get_settings
+    from finetune.spec import TrainingSpec
+    from finetune.store import ModelStore
+    from finetune.training import train
+
+    spec_data = json.loads(Path(args.spec).read_text()) if args.spec else {}
+    try:
+        spec = TrainingSpec.model_validate(apply_assignments(spec_data, args.set or []))
+    except ValidationError as error:
+        print(f"invalid spec:\n{error}", file=sys.stderr)
+        return 2
+    out = args.out or get_settings().model_dir
+    try:
+        result = train(spec, dataset_dir=args.dataset, progress=EpochBars())
+    except DomainError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    if result.warmup_metrics:
+        print("\nAfter the warmup:\n" + format_report(result.warmup_metrics, result.classes))
+    print("\nFinal:\n" + format_report(result.metrics, result.classes))
+    for item in result.skipped:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+    manifest = ModelStore(out).save(result)
+    rates = result.timings["images_per_s"]
+    print(f"\nimages/s: warmup {rates['warmup']}, finetune {rates['finetune']}")
+    print(f"model: {Path(out).resolve() / manifest['id']}")
+    return 0
+
+
+def command_predict(args) -> int:
+    from finetune.errors import DomainError
+    from finetune.predictor import ImageInput, Predictor
+    from finetune.store import MANIFEST_FILE, MODEL_FILE
+
+    folder = Path(args.model)
+    if not (folder / MANIFEST_FILE).exists():
+        print(f"error: {folder} is not a model folder (no {MANIFEST_FILE})", file=sys.stderr)
+        return 2
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    predictor = Predictor(folder / MODEL_FILE, manifest)
+    try:
+        images = [ImageInput(name=str(path), data=Path(path).read_bytes()) for path in args.images]
+        results = predictor.predict(images, top_k=args.top_k)
+    except (OSError, DomainError) as error:
+        print(f"error: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 1
+    print(json.dumps({"model_id": manifest["id"], "results": results}, indent=2))
+    return 0
+
+
+def command_layers(args) -> int:
+    from finetune.backbones import BACKBONES, describe_layers, get_backbone
+
+    if args.backbone not in BACKBONES:
+        print(f"error: unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}", file=sys.stderr)
+        return 2
+    default = get_backbone(args.backbone).default_unfreeze_from
+    print(f"{'index':>5}  {'name':<32} {'type':<24} {'params':>10}")
+    for layer in describe_layers(args.backbone, args.alpha if get_backbone(args.backbone).has_alpha else None):
+        mark = "  <- default unfreeze_from" if default in (layer["index"], layer["name"]) else ""
+        print(f"{layer['index']:>5}  {layer['name']:<32} {layer['type']:<24} {layer['params']:>10}{mark}")
+    return 0
+
+
+def command_serve(args) -> int:
+    from finetune.launcher import run_local_service
+    from finetune.settings import get_settings
+
+    return run_local_service(get_settings())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description="Fine-tune an ImageNet backbone on your images.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train_parser = commands.add_parser("train", help="train a model on a class-per-folder dataset")
+    train_parser.add_argument("dataset", help="folder of <class>/<image> files")
+    train_parser.add_argument("--spec", help="a JSON job spec (defaults: the seed's recipe)")
+    train_parser.add_argument("--set", action="append", type=parse_assignment, metavar="KEY=VALUE",
+                              help="override a spec field, e.g. --set warmup.epochs=5 --set backbone=mobilenet")
+    train_parser.add_argument("--out", help="model store folder (default: $MODEL_DIR or ./models)")
+    train_parser.set_defaults(run=command_train)
+
+    predict_parser = commands.add_parser("predict", help="classify images with a model folder; prints JSON")
+    predict_parser.add_argument("model", help="a model folder (holding manifest.json and model.keras)")
+    predict_parser.add_argument("images", nargs="+")
+    predict_parser.add_argument("--top-k", type=int, default=5)
+    predict_parser.set_defaults(run=command_predict)
+
+    layers_parser = commands.add_parser("layers", help="list a backbone's layers, to choose unfreeze_from")
+    layers_parser.add_argument("backbone")
+    layers_parser.add_argument("--alpha", type=float, default=None)
+    layers_parser.set_defaults(run=command_layers)
+
+    serve_parser = commands.add_parser("serve", help="start Redis (embedded), a worker and the API, like `make run`")
+    serve_parser.set_defaults(run=command_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
