@@ -22,21 +22,30 @@ class BodySizeLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(send)
         received = 0
-        response_started = False
+        response_started = overflowed = replaced = False
 
         async def counting_receive():
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    overflowed = True
                     raise BodyTooLarge()
             return message
 
         async def tracking_send(message):
-            nonlocal response_started
+            # FastAPI turns any exception while it parses a form into its own 400 ("error parsing the
+            # body"), so BodyTooLarge may never reach the `except` below: answer 413 in its place.
+            nonlocal response_started, replaced
             if message["type"] == "http.response.start":
+                if overflowed and not response_started:
+                    response_started = replaced = True
+                    await self._refuse(send)
+                    return
                 response_started = True
+            elif replaced:
+                return
             await send(message)
 
         try:
@@ -46,7 +55,7 @@ class BodySizeLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send):
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes // (1024 * 1024)} MB"}).encode()
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes / (1024 * 1024):g} MB"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

@@ -41,7 +41,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
 
     app = FastAPI(title="Fine-tuning service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.service = Service.from_settings(settings, enqueue=enqueue or make_enqueue(settings.redis_url))
+    if enqueue is None:  # not `enqueue or ...`: a recording enqueue may be falsy (an empty list)
+        enqueue = make_enqueue(settings.redis_url)
+    app.state.service = Service.from_settings(settings, enqueue=enqueue)
     app.state.metrics = AppMetrics(lambda: app.state.service)
     install_error_handlers(app)
 

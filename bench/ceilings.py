@@ -45,6 +45,22 @@ class Ceilings:
         return asdict(self)
 
 
+_HIGHER_IS_BETTER = ("forward_ips", "phase1_step_ips", "phase2_step_ips", "forward_b8_ips", "forward_b32_ips")
+_LOWER_IS_BETTER = ("latency_b1_ms", "latency_b1_p95_ms")
+
+
+def best_of(passes: list[Ceilings]) -> dict:
+    """Each figure's best over passes (a ceiling is what the chip can do when left alone), plus every pass."""
+    best = passes[0].as_dict()
+    for name in _HIGHER_IS_BETTER:
+        best[name] = max(getattr(p, name) for p in passes)
+    for name in _LOWER_IS_BETTER:
+        best[name] = min(getattr(p, name) for p in passes)
+    best["seconds"] = sum(p.seconds for p in passes)
+    best["passes"] = [p.as_dict() for p in passes]
+    return best
+
+
 def _forward_fn(model, batch: np.ndarray):
     import tensorflow as tf
 
@@ -54,8 +70,12 @@ def _forward_fn(model, batch: np.ndarray):
 
 
 def _train_step_fn(model, optimizer, batch: np.ndarray, labels: np.ndarray):
+    """A compiled train step on tensors made once (no per-call numpy conversion)."""
+    import tensorflow as tf
+
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    return lambda: model.train_on_batch(batch, labels)
+    x, y = tf.constant(batch), tf.constant(labels)
+    return lambda: model.train_on_batch(x, y)
 
 
 def _random_batch(rng: np.random.Generator, size: int, image_size: int, classes: int):

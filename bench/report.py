@@ -80,6 +80,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _load(values) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) if values else NA
+
+
 def _environment(meta: dict) -> list[str]:
     versions = meta["versions"]
     return [
@@ -95,6 +99,8 @@ def _environment(meta: dict) -> list[str]:
             ["model", meta["model"]],
             ["dataset", meta["dataset"]],
             ["date (UTC)", meta["started"]],
+            ["load average (1/5/15 min) at start, at end",
+             f"{_load(meta.get('load_average_start'))}; {_load(meta.get('load_average_end'))}"],
             ["whole run", _fmt(meta.get("total_s"), 0, " s")],
         ]),
         "",
@@ -127,7 +133,8 @@ def _training(results: dict, figures: dict) -> list[str]:
         "",
         *_table(header, rows),
         "",
-        "- **ceiling**: the project's model on a fixed random batch, median of timed calls after warm-up "
+        "- **ceiling**: the project's model on a fixed random batch, median of timed calls after warm-up, "
+        "measured twice (at the start and at the end of the run), the better pass kept "
         "(phase 1: `train_on_batch`, backbone frozen, RMSprop; phase 2: `train_on_batch`, layers from "
         f"index {ceil.get('unfreeze_index', NA)} trainable, SGD; feature-cache row: `model(x, training=False)` "
         "in a `tf.function`).",

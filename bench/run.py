@@ -107,6 +107,7 @@ def machine(command: str, spec, dataset: str) -> dict:
                   f"{spec.warmup.epochs} + {spec.finetune.epochs} epochs"),
         "dataset": dataset,
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "load_average_start": os.getloadavg(),
     }
 
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     results = sections.results
     results["meta"] = machine(command, spec, dataset)
 
-    results["ceilings"] = _as_dict(sections.run("ceilings", lambda: _ceilings(spec, len(info["classes"]), args)))
+    ceiling_passes = [sections.run("ceilings", lambda: _ceilings(spec, len(info["classes"]), args))]
     results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec)))
     project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, augment=True), group="project")
     results["project_aug"] = _as_dict(project_aug)
@@ -164,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
     elif "serving" not in args.skip:
         results["errors"]["serving"] = "not run: the project's training (the model to serve) did not run"
+    ceiling_passes.append(sections.run("ceilings (second pass)", lambda: _ceilings(spec, len(info["classes"]), args),
+                                       group="ceilings"))
+    results["ceilings"] = _best_ceilings(ceiling_passes)
     results["meta"]["total_s"] = time.perf_counter() - started
+    results["meta"]["load_average_end"] = os.getloadavg()
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     text = report.render(results)
@@ -177,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _as_dict(value):
     return value.as_dict() if value is not None else None
+
+
+def _best_ceilings(passes):
+    from bench.ceilings import best_of
+
+    done = [p for p in passes if p is not None]
+    return best_of(done) if done else None
 
 
 def _ceilings(spec, classes: int, args):

@@ -63,7 +63,11 @@ class Location:
 
 
 def _storage_options(url: str) -> dict:
+    """Object-store listings are not cached: other processes (the workers) add models and datasets."""
     if url.startswith("s3://"):
+        options: dict = {"use_listings_cache": False, "skip_instance_cache": True}
         endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+        return options
     return {}

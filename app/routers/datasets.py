@@ -27,7 +27,7 @@ def _spool_to_disk(upload: UploadFile, directory: Path, max_bytes: int) -> Path:
             if written > max_bytes:
                 handle.close()
                 Path(handle.name).unlink(missing_ok=True)
-                raise TooLarge(f"upload larger than {max_bytes // (1024 * 1024)} MB")
+                raise TooLarge(f"upload larger than {max_bytes / (1024 * 1024):g} MB")
             handle.write(chunk)
     return Path(handle.name)
 

@@ -154,9 +154,44 @@ def test_upload_refusals(client):
 
     too_large = upload(client, os.urandom(1024 * 1024 + 4096), "big.zip")  # MAX_UPLOAD_MB is 1 here
     assert too_large.status_code == 413
-    assert "detail" in too_large.json()
+    assert too_large.json() == {"detail": "request body larger than 1 MB"}
 
     assert client.get("/datasets").json() == {"data": [], "count": 0}
+
+
+def chunked_multipart(payload: bytes, filename: str = "set.zip", chunk: int = 64 * 1024):
+    """A multipart body as a generator, so the client sends it chunked, without a Content-Length."""
+    boundary = "test-boundary-7f3a"
+
+    def parts():
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for start in range(0, len(payload), chunk):
+            yield payload[start:start + chunk]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return parts(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_chunked_bodies_are_counted(client):
+    body, headers = chunked_multipart(zip_bytes(image_entries()))
+    accepted = client.post("/datasets", content=body, headers=headers)
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.request.headers.get("transfer-encoding") == "chunked"
+
+    for path in ("/datasets", "/predict"):
+        body, headers = chunked_multipart(os.urandom(1024 * 1024 + 4096))
+        refused = client.post(path, content=body, headers=headers)
+        assert refused.status_code == 413, (path, refused.text)
+        assert refused.json() == {"detail": "request body larger than 1 MB"}
+
+
+def test_fractional_upload_limit_is_reported_as_set(settings, enqueued):
+    half = settings.model_copy(update={"max_upload_mb": 0.5})
+    with TestClient(create_app(half, enqueue=enqueued)) as client:
+        response = upload(client, os.urandom(600 * 1024), "big.zip")
+        assert response.status_code == 413
+        assert response.json()["detail"] == "request body larger than 0.5 MB"
 
 
 def test_get_and_delete_unknown_dataset_is_404(client):

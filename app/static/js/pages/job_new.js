@@ -18,7 +18,7 @@ const DEFAULTS = {
 };
 const OPTIMIZERS = ["rmsprop", "sgd", "adam"];
 const MAX_IMAGE_SIZE = 1024;
-// Width multipliers Keras has ImageNet weights for.
+// Width multipliers Keras has ImageNet weights for (GET /backbones lists them as `alphas`; this is the fallback).
 const ALPHAS = {
   mobilenet: ["0.25", "0.5", "0.75", "1.0"],
   mobilenet_v2: ["0.35", "0.5", "0.75", "1.0", "1.3", "1.4"],
@@ -231,7 +231,10 @@ export async function newJobPage(root, ctx, _params, query) {
     alphaWrap.hidden = !info.has_alpha;
     alphaSelect.disabled = !info.has_alpha;
     const previous = alphaSelect.value;
-    const alphas = ALPHAS[info.name] || ["0.25", "0.35", "0.5", "0.75", "1.0", "1.3", "1.4"];
+    const alphas =
+      Array.isArray(info.alphas) && info.alphas.length
+        ? info.alphas.map((a) => (Number.isInteger(a) ? a.toFixed(1) : String(a)))
+        : ALPHAS[info.name] || [];
     alphaSelect.replaceChildren(
       h("option", { value: "" }, "default (1.0)"),
       ...alphas.map((a) => h("option", { value: a, selected: a === previous }, a)),
@@ -365,10 +368,13 @@ export async function newJobPage(root, ctx, _params, query) {
     if (el) el.focus();
   }
 
+  const SECTION = { head: "Head", augmentation: "Augmentation", warmup: "Warmup", finetune: "Finetune" };
   const labelOf = (path) => {
     const field = fields.get(path);
     const label = field && field.wrap.querySelector("label");
-    return label ? label.textContent : path;
+    if (!label) return path;
+    const section = path.includes(".") ? SECTION[path.split(".")[0]] : null;
+    return section ? `${section}: ${label.textContent}` : label.textContent;
   };
 
   function read() {

@@ -48,9 +48,14 @@ function backboneOf(job) {
   return spec.alpha ? `${spec.backbone} (α ${spec.alpha})` : spec.backbone;
 }
 
+/** "3 / 25" for the current phase; a dash before training has started. */
+function countText(n, total) {
+  if (n === null || n === undefined || !total) return DASH;
+  return `${n} / ${total}`;
+}
+
 function epochText(job) {
-  if (job.epoch === null || job.epoch === undefined) return DASH;
-  return job.epochs ? `${job.epoch} / ${job.epochs}` : String(job.epoch);
+  return countText(job.epoch, job.epochs);
 }
 
 function etaText(job) {
@@ -250,7 +255,7 @@ export async function jobPage(root, ctx, [id]) {
     bar.set(job.status === "succeeded" ? 1 : job.progress);
     f.phase.textContent = job.phase || DASH;
     f.epoch.textContent = epochText(job);
-    f.batch.textContent = job.batch === null || job.batch === undefined ? DASH : job.batches ? `${job.batch} / ${job.batches}` : String(job.batch);
+    f.batch.textContent = countText(job.batch, job.batches);
     f.eta.textContent = etaText(job);
     f.started.textContent = fmtDate(job.started_at);
     f.finished.textContent = fmtDate(job.finished_at);

@@ -23,7 +23,13 @@ import {
 function backboneText(m) {
   const spec = m.spec || {};
   const name = m.backbone || spec.backbone || DASH;
-  return spec.alpha ? `${name} (α ${spec.alpha})` : name;
+  const alpha = m.alpha ?? spec.alpha;
+  return alpha ? `${name} (α ${alpha})` : name;
+}
+
+/** The list gives a summary with `accuracy`; the manifest has `metrics.accuracy`. */
+function modelAccuracy(m) {
+  return typeof m.accuracy === "number" ? m.accuracy : accuracyOf(m.metrics);
 }
 
 function accuracyOf(metrics) {
@@ -55,7 +61,7 @@ export async function modelsPage(root, ctx) {
           backboneText(m),
           Array.isArray(m.classes) ? `${m.classes.length}: ${m.classes.slice(0, 6).join(", ")}${m.classes.length > 6 ? ", …" : ""}` : DASH,
           m.image_size ? `${m.image_size} px` : DASH,
-          fmtPct(accuracyOf(m.metrics)),
+          fmtPct(modelAccuracy(m)),
           fmtDate(m.created_at),
           m.job_id ? h("a", { href: `#/jobs/${encodeURIComponent(m.job_id)}` }, h("code", {}, shortId(m.job_id))) : DASH,
         ]),
@@ -103,7 +109,7 @@ export async function modelPage(root, ctx, [id]) {
         ["Backbone", backboneText(m)],
         ["Image size", m.image_size ? `${m.image_size} px` : DASH],
         ["Classes", classes.length ? classes.join(", ") : DASH, "model-classes"],
-        ["Accuracy", fmtPct(accuracyOf(m.metrics)), "model-accuracy"],
+        ["Accuracy", fmtPct(modelAccuracy(m)), "model-accuracy"],
         ["Accuracy after warmup", fmtPct(accuracyOf(m.warmup_metrics))],
         ["Dataset", m.dataset_id ? h("a", { href: `#/datasets/${encodeURIComponent(m.dataset_id)}` }, h("code", {}, m.dataset_id)) : DASH],
         ["Job", m.job_id ? h("a", { href: `#/jobs/${encodeURIComponent(m.job_id)}` }, h("code", {}, m.job_id)) : DASH],

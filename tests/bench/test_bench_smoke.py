@@ -1,0 +1,66 @@
+"""Smoke test of the benchmark suite on a tiny generated dataset. Not a timed test: no speed asserted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.data import describe, generate_dataset
+from bench.report import render
+from finetune.spec import TrainingSpec
+
+
+def tiny_spec(backbone: str = "mobilenet") -> TrainingSpec:
+    return TrainingSpec.model_validate({
+        "backbone": backbone,
+        "alpha": 0.25 if backbone == "mobilenet" else None,
+        "weights": "none",
+        "image_size": 32,
+        "batch_size": 4,
+        "head": {"units": 8},
+        "warmup": {"epochs": 1},
+        "finetune": {"epochs": 1},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("bench-data"), classes=3, per_class=8, size=(48, 40))
+
+
+def test_generated_dataset_is_class_per_folder(tiny_dataset):
+    info = describe(tiny_dataset)
+    assert info == {"classes": ["class_0", "class_1", "class_2"], "num_images": 24}
+
+
+@pytest.mark.slow
+def test_ceilings_are_positive():
+    from bench.ceilings import measure_ceilings
+
+    ceilings = measure_ceilings(tiny_spec(), classes=3, calls=2, max_seconds=1.0)
+    for name in ("forward_ips", "phase1_step_ips", "phase2_step_ips", "forward_b8_ips", "forward_b32_ips",
+                 "latency_b1_ms"):
+        assert getattr(ceilings, name) > 0, name
+
+
+@pytest.mark.slow
+def test_seed_recipe_trains_and_reports(tiny_dataset):
+    from bench.seed_recipe import run_seed_recipe
+
+    result = run_seed_recipe(tiny_dataset, tiny_spec())
+    assert (result.num_train, result.num_test) == (18, 6)
+    for phase in (result.warmup, result.finetune):
+        assert phase.images > 0
+        assert phase.fit_ips > 0
+        assert phase.steady_ips > 0
+        assert 0.0 <= phase.val_accuracy <= 1.0
+
+
+def test_report_renders_with_missing_sections():
+    meta = {"cpu": "cpu", "cores": 2, "command": "python -m bench.run", "model": "m", "dataset": "d",
+            "started": "now", "versions": {"python": "3", "tensorflow": "2", "keras": "3", "tf_keras": "2"}}
+    text = render({"meta": meta, "errors": {"serving": "RuntimeError: no API"}})
+    assert "not measured" in text
+    assert "RuntimeError: no API" in text
+    assert not math.isnan(len(text))

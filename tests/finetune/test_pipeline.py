@@ -1,0 +1,248 @@
+"""The input pipeline: decoding once, gathering batches, augmentation and preprocessing."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from finetune.dataset import scan_dataset
+from finetune.pipeline import RandomAffine, decode_dataset, make_dataset
+from finetune.spec import AugmentationSpec
+from tests.helpers import make_image
+
+MAX_PIXELS = 50_000_000
+RED, BLUE = np.array([255, 0, 0]), np.array([0, 0, 255])
+NO_AUGMENTATION = dict(rotation=0, width_shift=0, height_shift=0, shear=0, zoom=0, horizontal_flip=False)
+
+
+def identity(images):
+    return images
+
+
+def gradient_images(batch: int, height: int = 12, width: int = 16) -> np.ndarray:
+    """Images whose pixels differ along x (so a mirror is visible) and from image to image."""
+    x = np.arange(width, dtype=np.float32)[None, None, :, None]
+    y = np.arange(height, dtype=np.float32)[None, :, None, None]
+    n = np.arange(batch, dtype=np.float32)[:, None, None, None]
+    channels = np.array([1.0, 2.0, 3.0], dtype=np.float32)[None, None, None, :]
+    return (x * 10 + y + n * 3) * channels + np.zeros((batch, height, width, 3), np.float32)
+
+
+# --- decode_dataset ------------------------------------------------------------------------
+
+
+def test_decode_dataset_gives_uint8_arrays_of_the_asked_size(make_dataset_dir, tmp_path):
+    scan = scan_dataset(make_dataset_dir(tmp_path / "d", per_class=3, size=40))
+    decoded = decode_dataset(scan, size=32, max_pixels=MAX_PIXELS, workers=2)
+    assert decoded.pixels.shape == (6, 32, 32, 3)
+    assert decoded.pixels.dtype == np.uint8
+    assert decoded.labels.dtype == np.int64
+    assert decoded.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert decoded.scan is scan
+    # blue images first (classes sorted), then red: colours follow the labels
+    means = decoded.pixels.reshape(6, -1, 3).mean(axis=1)
+    assert all(means[i, 2] > 200 and means[i, 0] < 60 for i in range(3))
+    assert all(means[i, 0] > 200 and means[i, 2] < 60 for i in range(3, 6))
+
+
+def test_a_corrupt_file_found_at_decode_time_moves_to_skipped(make_dataset_dir, tmp_path):
+    root = make_dataset_dir(tmp_path / "d", per_class=3)
+    (root / "blue" / "blue_001.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a PNG")
+    scan = scan_dataset(root, probe=False)
+    assert "blue/blue_001.png" in scan.files
+    decoded = decode_dataset(scan, size=32, max_pixels=MAX_PIXELS)
+    assert decoded.pixels.shape == (5, 32, 32, 3)
+    assert decoded.labels.tolist() == [0, 0, 1, 1, 1]
+    assert "blue/blue_001.png" not in decoded.scan.files
+    assert [item.path for item in decoded.scan.skipped] == ["blue/blue_001.png"]
+    assert "blue_001.png" in decoded.scan.skipped[0].reason
+    # the surviving blue images are still blue: pixels and labels stay aligned
+    means = decoded.pixels.reshape(5, -1, 3).mean(axis=1)
+    assert (means[:2, 2] > 200).all() and (means[2:, 0] > 200).all()
+
+
+def test_an_image_over_the_pixel_limit_found_at_decode_time_is_skipped(make_dataset_dir, tmp_path):
+    root = make_dataset_dir(tmp_path / "d", per_class=3, size=20)
+    make_image("red", 60).save(root / "red" / "huge.png")
+    scan = scan_dataset(root, probe=False)
+    decoded = decode_dataset(scan, size=16, max_pixels=1000)
+    assert [item.path for item in decoded.scan.skipped] == ["red/huge.png"]
+    assert len(decoded.pixels) == len(decoded.labels) == 6
+
+
+def test_decode_dataset_resizes_aspect_aware_by_centre_crop(tmp_path):
+    # a wide image: red | green | blue thirds. A stretch would keep red and blue at the edges,
+    # the aspect-aware resize crops the centre square, which is all green.
+    root = tmp_path / "d"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for n in range(2):
+            pixels = np.zeros((40, 120, 3), np.uint8)
+            pixels[:, :40] = (255, 0, 0)
+            pixels[:, 40:80] = (0, 255, 0)
+            pixels[:, 80:] = (0, 0, 255)
+            Image.fromarray(pixels).save(root / name / f"{n}.png")
+    decoded = decode_dataset(scan_dataset(root), size=32, max_pixels=MAX_PIXELS)
+    assert decoded.pixels.shape == (4, 32, 32, 3)
+    assert (decoded.pixels[..., 1] == 255).all()
+    assert (decoded.pixels[..., 0] == 0).all() and (decoded.pixels[..., 2] == 0).all()
+
+
+def test_decode_dataset_uses_a_memory_map_over_the_limit(make_dataset_dir, tmp_path):
+    scan = scan_dataset(make_dataset_dir(tmp_path / "d", per_class=2))
+    decoded = decode_dataset(scan, size=16, max_pixels=MAX_PIXELS, cache_dir=tmp_path / "cache", in_memory_limit=0)
+    assert isinstance(decoded.pixels, np.memmap)
+    assert (tmp_path / "cache" / "decoded-16.npy").exists()
+    in_memory = decode_dataset(scan, size=16, max_pixels=MAX_PIXELS)
+    np.testing.assert_array_equal(np.asarray(decoded.pixels), in_memory.pixels)
+
+
+# --- make_dataset ---------------------------------------------------------------------------
+
+
+def coloured_set(count: int, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Image i is red when its label is 0, blue when 1, with its index written into pixel (0, 0, 1)."""
+    labels = np.array([i % 3 % 2 for i in range(count)], dtype=np.int64)
+    pixels = np.zeros((count, size, size, 3), np.uint8)
+    pixels[labels == 0] = RED
+    pixels[labels == 1] = BLUE
+    pixels[:, 0, 0, 1] = np.arange(count)
+    return pixels, labels
+
+
+@pytest.mark.parametrize("memmap", [False, True])
+def test_make_dataset_batches_keep_images_and_labels_together(tmp_path, memmap):
+    pixels, labels = coloured_set(11)
+    if memmap:
+        mapped = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.uint8, shape=pixels.shape)
+        mapped[:] = pixels
+        pixels = mapped
+    data = make_dataset(pixels, labels, batch_size=4, preprocess=identity, shuffle_seed=3)
+    batches = list(data.as_numpy_iterator())
+    assert [len(images) for images, _ in batches] == [4, 4, 3]
+    seen = []
+    for images, batch_labels in batches:
+        assert images.dtype == np.float32 and images.shape[1:] == (8, 8, 3)
+        assert batch_labels.dtype == np.int64
+        for image, label in zip(images, batch_labels):
+            index = int(image[0, 0, 1])
+            seen.append(index)
+            assert label == labels[index]
+            expected = RED if label == 0 else BLUE
+            np.testing.assert_array_equal(image[1, 1], expected)
+    assert sorted(seen) == list(range(11))
+
+
+def test_make_dataset_without_shuffle_keeps_the_order():
+    pixels, labels = coloured_set(7)
+    data = make_dataset(pixels, labels, batch_size=3, preprocess=identity)
+    order = [int(image[0, 0, 1]) for images, _ in data.as_numpy_iterator() for image in images]
+    assert order == list(range(7))
+
+
+def test_make_dataset_shuffles_with_the_seed():
+    pixels, labels = coloured_set(32)
+
+    def order(seed):
+        data = make_dataset(pixels, labels, batch_size=8, preprocess=identity, shuffle_seed=seed)
+        return [int(image[0, 0, 1]) for images, _ in data.as_numpy_iterator() for image in images]
+
+    assert order(1) == order(1)
+    assert order(1) != list(range(32))
+    assert sorted(order(1)) == list(range(32))
+
+
+def test_make_dataset_applies_vgg_caffe_preprocessing():
+    pixels = np.zeros((2, 4, 4, 3), np.uint8)
+    pixels[0] = (255, 0, 0)
+    pixels[1] = (10, 20, 30)
+    preprocess = keras.applications.vgg16.preprocess_input
+    images, _ = next(make_dataset(pixels, np.array([0, 1]), batch_size=2, preprocess=preprocess).as_numpy_iterator())
+    mean_bgr = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+    np.testing.assert_allclose(images[0, 0, 0], np.array([0, 0, 255]) - mean_bgr, atol=1e-3)
+    np.testing.assert_allclose(images[1, 2, 3], np.array([30, 20, 10]) - mean_bgr, atol=1e-3)
+
+
+def test_make_dataset_applies_mobilenet_preprocessing():
+    pixels = np.full((1, 4, 4, 3), 255, np.uint8)
+    pixels[0, 0, 0] = 0
+    preprocess = keras.applications.mobilenet.preprocess_input
+    images, _ = next(make_dataset(pixels, np.array([0]), batch_size=1, preprocess=preprocess).as_numpy_iterator())
+    np.testing.assert_allclose(images[0, 0, 0], [-1, -1, -1], atol=1e-6)
+    np.testing.assert_allclose(images[0, 1, 1], [1, 1, 1], atol=1e-6)
+
+
+def test_make_dataset_with_augmentation_keeps_shapes_and_labels():
+    pixels, labels = coloured_set(6, size=16)
+    tf.random.set_seed(0)
+    data = make_dataset(pixels, labels, batch_size=4, preprocess=identity,
+                        augmentation=AugmentationSpec(), shuffle_seed=0)
+    for images, batch_labels in data.as_numpy_iterator():
+        assert images.shape[1:] == (16, 16, 3)
+        for image, label in zip(images, batch_labels):
+            # nearest fill: no black borders, the colour of the label everywhere
+            colour = RED if label == 0 else BLUE
+            assert np.abs(image[4:12, 4:12] - colour).max() < 1e-3
+
+
+# --- RandomAffine --------------------------------------------------------------------------
+
+
+def test_random_affine_with_nothing_to_do_is_the_identity():
+    images = gradient_images(4)
+    out = RandomAffine(AugmentationSpec(**NO_AUGMENTATION))(tf.constant(images), training=True)
+    np.testing.assert_allclose(out.numpy(), images, atol=1e-4)
+
+
+def test_random_affine_flip_only_gives_the_image_or_its_mirror():
+    tf.random.set_seed(1)
+    images = gradient_images(24)
+    layer = RandomAffine(AugmentationSpec(**{**NO_AUGMENTATION, "horizontal_flip": True}))
+    out = layer(tf.constant(images), training=True).numpy()
+    flipped = 0
+    for original, result in zip(images, out):
+        if np.allclose(result, original, atol=1e-4):
+            continue
+        np.testing.assert_allclose(result, original[:, ::-1], atol=1e-4)
+        flipped += 1
+    assert 0 < flipped < len(images)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32, 3), (2, 20, 36, 3), (1, 17, 9, 3)])
+def test_random_affine_keeps_the_shape(shape):
+    images = tf.random.uniform(shape, 0, 255)
+    out = RandomAffine(AugmentationSpec())(images, training=True)
+    assert tuple(out.shape) == shape
+    assert out.dtype == tf.float32
+
+
+def test_random_affine_changes_images_when_training():
+    tf.random.set_seed(2)
+    images = gradient_images(4, 24, 24)
+    out = RandomAffine(AugmentationSpec())(tf.constant(images), training=True).numpy()
+    assert not np.allclose(out, images, atol=1e-2)
+
+
+def test_random_affine_fills_with_the_nearest_pixel_not_black():
+    # rotations, shifts, shears and zooms of a constant image are that constant everywhere
+    images = np.full((8, 20, 20, 3), 77.0, np.float32)
+    spec = AugmentationSpec(rotation=45, width_shift=0.4, height_shift=0.4, shear=30, zoom=0.5)
+    out = RandomAffine(spec)(tf.constant(images), training=True).numpy()
+    np.testing.assert_allclose(out, images, atol=1e-3)
+
+
+def test_random_affine_passes_through_when_not_training():
+    images = tf.constant(gradient_images(3))
+    out = RandomAffine(AugmentationSpec())(images, training=False)
+    np.testing.assert_array_equal(out.numpy(), images.numpy())
+
+
+def test_random_affine_config_round_trips():
+    spec = AugmentationSpec(rotation=10, zoom=0.3, horizontal_flip=False)
+    layer = RandomAffine(spec, name="augment")
+    clone = RandomAffine.from_config(layer.get_config())
+    assert clone.spec == spec
+    assert clone.name == "augment"
