@@ -107,6 +107,14 @@ def _environment(meta: dict) -> list[str]:
     ]
 
 
+def _passes(ceil: dict) -> str:
+    passes = ceil.get("passes") or []
+    names = (("forward", "forward_ips"), ("phase-1 step", "phase1_step_ips"), ("phase-2 step", "phase2_step_ips"))
+    return "; ".join(
+        f"{label} " + " / ".join(_fmt(p[key]) for p in passes) for label, key in names
+    ) if passes else NA
+
+
 def _training(results: dict, figures: dict) -> list[str]:
     ceil, seed = results.get("ceilings") or {}, results.get("seed") or {}
     aug = _get(results, "project_aug", "phases", default={})
@@ -145,6 +153,7 @@ def _training(results: dict, figures: dict) -> list[str]:
         "per-epoch validation in). **project wall**: epochs × train images / the project's own "
         "`timings[\"<phase>_s\"]` (for the feature cache, feature extraction included). **project reported**: "
         "the project's own `timings[\"images_per_s\"]`.",
+        f"- ceiling passes (start / end of the run): {_passes(ceil)}.",
         "- With few epochs on a small set, the wall figures are dominated by fixed costs (tracing, the first "
         "call); the steady figures are the per-batch rate.",
         "",
@@ -268,7 +277,8 @@ def plot(results: dict, path: Path) -> None:
         twin = right.twinx()
         twin.plot(clients, [level["p50_ms"] for level in serving["levels"]], "s-", color="tab:red", label="p50 ms")
         twin.set_ylabel("p50 latency (ms)", color="tab:red")
-        right.legend(loc="center left", fontsize=8)
+        handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        right.legend(handles=handles, loc="center left", fontsize=8)
     right.set_title("POST /predict")
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -48,19 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def use_shared_weights(backbone: str, alpha: float | None, size: int) -> None:
-    """For ``--weights imagenet``: point KERAS_HOME at ../shared/weights when it holds the file.
+def use_shared_weights() -> None:
+    """For ``--weights imagenet`` offline: a KERAS_HOME whose models/ links every file of ../shared/weights.
 
-    Both Keras 3 and tf_keras read ``$KERAS_HOME/models/`` before downloading; must run
-    before keras is imported.
+    Keras 3 and tf_keras both look in ``$KERAS_HOME/models/`` before downloading, and read
+    KERAS_HOME when imported, so this runs before keras is. An existing KERAS_HOME is kept.
     """
-    name = f"mobilenet_{int(alpha * 100) if alpha < 1 else '1_0'}_{size}_tf_no_top.h5".replace("_25_", "_2_5_")
-    source = SHARED_WEIGHTS / name
-    if backbone != "mobilenet" or "KERAS_HOME" in os.environ or not source.exists():
+    if "KERAS_HOME" in os.environ or not SHARED_WEIGHTS.is_dir():
         return
     home = Path(tempfile.mkdtemp(prefix="bench-keras-home-"))
     (home / "models").mkdir()
-    (home / "models" / name).symlink_to(source)
+    for source in SHARED_WEIGHTS.iterdir():
+        (home / "models" / source.name).symlink_to(source)
     os.environ["KERAS_HOME"] = str(home)
 
 
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.weights == "imagenet":
-        use_shared_weights(args.backbone, args.alpha, args.image_size)
+        use_shared_weights()
 
     from bench import report
     from bench.data import describe, generate_dataset, sample_jpeg

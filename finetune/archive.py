@@ -74,6 +74,7 @@ _TAR_BLOCK = 512
 _TAR_MAGIC_OFFSET = 257
 _CHUNK = 1 << 20
 _MAX_SINGLE_READ = 64 << 20
+_TAR_OVERHEAD_ALLOWANCE = 1 << 20
 _MAX_NAME_COMPONENT_BYTES = 255
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _SEPARATORS = re.compile(r"[/\\]")
@@ -248,7 +249,7 @@ class _BoundedReader:
 
     def _refuse_beyond(self, position: int) -> None:
         if position > self._limit:
-            raise TooLarge(f"archive unpacks to more than {int(self._limit)} bytes")
+            raise TooLarge(f"archive's tar stream runs past {int(self._limit)} bytes (a compression bomb?)")
 
 
 @contextmanager
@@ -258,12 +259,17 @@ def _open_reader(path: Path, archive_format: ArchiveFormat, limits: ArchiveLimit
             reader = _ZipReader(path)
         else:
             compressed = archive_format == "tar.gz"
-            max_stream = limits.max_ratio * packed_size if compressed else math.inf
+            max_stream = _max_tar_stream_bytes(limits, packed_size) if compressed else math.inf
             reader = _TarReader(path, compressed=compressed, max_stream_bytes=max_stream)
     try:
         yield reader
     finally:
         reader.close()
+
+
+def _max_tar_stream_bytes(limits: ArchiveLimits, packed_size: int) -> float:
+    """The ratio cap, plus room for tar's own headers and padding, which compress to almost nothing."""
+    return limits.max_ratio * packed_size + _TAR_OVERHEAD_ALLOWANCE
 
 
 @contextmanager

@@ -39,10 +39,11 @@ export function clear(el) {
 
 export const DASH = "—";
 
-export function fmtNum(value, digits = 3) {
+/** A number: integers as they are, others with `digits` decimals (or always, with {fixed: true}). */
+export function fmtNum(value, digits = 3, { fixed = false } = {}) {
   if (value === null || value === undefined || Number.isNaN(Number(value))) return DASH;
   const n = Number(value);
-  return Number.isInteger(n) ? String(n) : n.toFixed(digits);
+  return Number.isInteger(n) && !fixed ? String(n) : n.toFixed(digits);
 }
 
 export function fmtPct(value, digits = 1) {
@@ -59,7 +60,8 @@ export function fmtDate(iso) {
 
 export function fmtDuration(seconds) {
   if (seconds === null || seconds === undefined || Number.isNaN(Number(seconds))) return DASH;
-  let s = Math.max(0, Math.round(Number(seconds)));
+  if (Number(seconds) < 10) return `${Math.max(0, Number(seconds)).toFixed(1)}s`;
+  let s = Math.round(Number(seconds));
   const hours = Math.floor(s / 3600);
   s -= hours * 3600;
   const minutes = Math.floor(s / 60);

@@ -42,7 +42,7 @@ function uploadCard(ctx) {
     "data-testid": "dataset-file",
   });
   const nameInput = h("input", { type: "text", id: "dataset-name", name: "name", autocomplete: "off", "data-testid": "dataset-name" });
-  const chosen = h("p", { class: "muted", id: "dataset-chosen", "data-testid": "dataset-chosen", "aria-live": "polite" }, "No file chosen.");
+  const chosen = h("p", { id: "dataset-chosen", "data-testid": "dataset-chosen", "aria-live": "polite" });
   const uploadBtn = h("button", { type: "submit", class: "btn btn-primary", id: "dataset-upload", "data-testid": "dataset-upload", disabled: true }, "Upload");
   const cancelBtn = h("button", { type: "button", class: "btn", id: "dataset-upload-cancel", hidden: true }, "Cancel upload");
   const bar = h("progress", { id: "upload-progress", max: "100", value: "0", "aria-label": "Upload progress", "data-testid": "upload-progress" });
@@ -59,7 +59,7 @@ function uploadCard(ctx) {
       setError(errorSlot, new Error(`"${file.name}" is not a .zip, .tar or .tar.gz archive.`), "upload-error");
       file = null;
     }
-    chosen.textContent = file ? `${file.name} (${fmtBytes(file.size)})` : "No file chosen.";
+    chosen.textContent = file ? `Ready to upload: ${file.name} (${fmtBytes(file.size)})` : "";
     uploadBtn.disabled = !file;
   };
   fileInput.addEventListener("change", () => choose(fileInput.files));
@@ -182,7 +182,7 @@ async function loadList(ctx, slot) {
           deleteButton(d, () => loadList(ctx, slot)),
         ),
       ]),
-      { caption: "Uploaded datasets", testid: "datasets-table", rowAttrs: (i) => ({ "data-testid": "dataset-row", "data-id": datasets[i].id }) },
+      { caption: "Newest first", testid: "datasets-table", rowAttrs: (i) => ({ "data-testid": "dataset-row", "data-id": datasets[i].id }) },
     ),
   );
 }

@@ -198,11 +198,12 @@ function evaluation(metrics, classes, prefix) {
 
 function reportTable(report, testid) {
   const perClass = report.per_class || {};
-  const row = (name, r, cls) => [h("span", { class: cls }, name), fmtNum(r.precision), fmtNum(r.recall), fmtNum(r.f1), fmtNum(r.support, 0)];
+  const f3 = (v) => fmtNum(v, 3, { fixed: true });
+  const row = (name, r, cls) => [h("span", { class: cls }, name), f3(r.precision), f3(r.recall), f3(r.f1), fmtNum(r.support, 0)];
   const rows = Object.entries(perClass).map(([label, r]) => row(label, r || {}));
   if (report.macro_avg) rows.push(row("macro avg", report.macro_avg, "strong"));
   if (report.weighted_avg) rows.push(row("weighted avg", report.weighted_avg, "strong"));
-  if (typeof report.accuracy === "number") rows.push([h("span", { class: "strong" }, "accuracy"), DASH, DASH, fmtNum(report.accuracy), DASH]);
+  if (typeof report.accuracy === "number") rows.push([h("span", { class: "strong" }, "accuracy"), DASH, DASH, f3(report.accuracy), DASH]);
   return table(["Class", "Precision", "Recall", "F1", "Support"], rows, { caption: "Classification report", testid, responsive: false });
 }
 
