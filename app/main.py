@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from app.metrics import AppMetrics
 from app.queue import make_enqueue
 from app.routers import backbones, datasets, health, jobs, models, predict
 from app.security import require_api_key
+from finetune.errors import NotFound
 from finetune.service import Service
 from finetune.settings import Settings, get_settings
 
@@ -28,6 +30,16 @@ train a new head on the frozen backbone, then fine-tune its last block), and cla
 the result. Errors are `{"detail": ...}`."""
 
 
+def _preload_newest_model(service: Service) -> None:
+    """Loads and warms the newest model in the background, so the first /predict pays no tracing."""
+    try:
+        service.predictors.get(None)
+    except NotFound:
+        return
+    except Exception:
+        log.exception("could not preload the newest model; /predict will load it on first use")
+
+
 def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.redis_url:
@@ -37,7 +49,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if not settings.api_key_list:
             log.warning("*** API_KEYS is not set: every route is open to anyone who can reach this port ***")
+        preload = asyncio.get_running_loop().run_in_executor(None, _preload_newest_model, app.state.service)
         yield
+        preload.cancel()
 
     app = FastAPI(title="Fine-tuning service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
