@@ -59,15 +59,9 @@ class ProgressReporter:
         if event.history is not None:
             self.history = event.history
         progress = overall_progress(self.spec, self.history, event.phase, event.batch, event.batches)
-        patch = {
-            "phase": event.phase,
-            "epoch": event.epoch,
-            "epochs": event.epochs,
-            "batch": event.batch,
-            "batches": event.batches,
-            "progress": progress,
-            "eta_seconds": eta_seconds(self.started_at, progress),
-        }
+        patch = {"phase": event.phase, "progress": progress, "eta_seconds": eta_seconds(self.started_at, progress)}
+        if event.phase in ("warmup", "finetune"):
+            patch |= {"epoch": event.epoch, "epochs": event.epochs, "batch": event.batch, "batches": event.batches}
         if at_epoch_end:
             patch |= {"metrics": event.metrics, "history": self.history}
         self.jobs.update(self.job_id, patch, allowed_from=frozenset({"running"}))

@@ -212,15 +212,17 @@ def train(
                     compile_for(head, spec.warmup)
             run_phase("warmup", spec.warmup, head, feature_train, feature_val,
                       initial_epoch=state["epoch"], trainee_kind="head", extra_train_s=feature_s)
+            warmup_evaluation_data = (head, feature_val)
         else:
             with strategy.scope():
                 if not resumed:
                     compile_for(model, spec.warmup)
             run_phase("warmup", spec.warmup, model, train_data, val_data,
                       initial_epoch=state["epoch"], trainee_kind="model")
+            warmup_evaluation_data = (model, val_data)
         report(ProgressEvent("evaluating"))
         state["warmup_metrics"] = evaluate_predictions(
-            decoded.labels[val_idx], _predict_labels(model, val_data), classes)
+            decoded.labels[val_idx], _predict_labels(*warmup_evaluation_data), classes)
 
     if spec.finetune is not None:
         with strategy.scope():
@@ -230,8 +232,11 @@ def train(
         run_phase("finetune", spec.finetune, model, train_data, val_data,
                   initial_epoch=state["epoch"] if state["phase"] == "finetune" else 0, trainee_kind="model")
 
-    report(ProgressEvent("evaluating"))
-    metrics = evaluate_predictions(decoded.labels[val_idx], _predict_labels(model, val_data), classes)
+    if spec.finetune is None and state["warmup_metrics"] is not None:
+        metrics = state["warmup_metrics"]
+    else:
+        report(ProgressEvent("evaluating"))
+        metrics = evaluate_predictions(decoded.labels[val_idx], _predict_labels(model, val_data), classes)
     return TrainResult(
         model=model,
         spec=spec,

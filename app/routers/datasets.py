@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import shutil
+import mimetypes
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -78,5 +78,8 @@ async def dataset_samples(dataset_id: str, service: ServiceDep,
             responses={200: {"content": {"image/*": {}}}})
 async def dataset_file(dataset_id: str, path: str, service: ServiceDep):
     data = await run_in_threadpool(service.datasets.read_file, dataset_id, path)
-    return Response(data, media_type="application/octet-stream",
+    media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    if not media_type.startswith("image/"):
+        media_type = "application/octet-stream"
+    return Response(data, media_type=media_type,
                     headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})

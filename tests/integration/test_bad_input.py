@@ -490,6 +490,7 @@ def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(tight_api, live
     framed += [f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"] * (512 * 16)  # up to 512 MB
     uploads = Path(live_service.env["CACHE_DIR"]) / "uploads"
     answer, sent = raw_exchange(tight_api.port, head, framed, timeout=60)
+    print(f"chunked upload: 413 after {sent} bytes sent")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert sent < 64 * 1024 * 1024, f"the server let {sent} bytes in before answering"
     assert not list(uploads.glob(".upload-*"))
