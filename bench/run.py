@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -137,36 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.weights == "imagenet":
         use_shared_weights()
-
     from bench import report
-    from bench.data import describe, generate_dataset, sample_jpeg
 
     started = time.perf_counter()
     out = (args.out if args.out.is_absolute() else ROOT / args.out).resolve()
+    for leftover in ("data", "models", "serving"):  # this run's own, never a user's --data
+        shutil.rmtree(out / leftover, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = args.data or generate_dataset(out / "data", classes=args.classes, per_class=args.per_class)
-    info = describe(data_dir)
-    dataset = (f"{'given' if args.data else 'generated'}: {info['num_images']} images, "
-               f"{len(info['classes'])} classes ({data_dir})")
+    data_dir, dataset = _dataset(args, out)
     spec = build_spec(args)
     command = "python -m bench.run" + (" " + shlex.join(argv) if argv else "")
+
     sections = Sections(args.skip)
     results = sections.results
-    results["meta"] = machine(command, spec, dataset)
-
-    ceiling_passes = [sections.run("ceilings", lambda: _ceilings(spec, len(info["classes"]), args))]
-    results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec)))
-    project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, augment=True), group="project")
-    results["project_aug"] = _as_dict(project_aug)
-    results["project_cache"] = _as_dict(sections.run(
-        "project_cache", lambda: _project(data_dir, spec, augment=False), group="project"))
-    if project_aug is not None:
-        results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
-    elif "serving" not in args.skip:
-        results["errors"]["serving"] = "not run: the project's training (the model to serve) did not run"
-    ceiling_passes.append(sections.run("ceilings (second pass)", lambda: _ceilings(spec, len(info["classes"]), args),
-                                       group="ceilings"))
-    results["ceilings"] = _best_ceilings(ceiling_passes)
+    results["meta"] = machine(command, spec, dataset["text"])
+    run_sections(sections, args, spec, data_dir, len(dataset["classes"]), out)
     results["meta"]["total_s"] = time.perf_counter() - started
     results["meta"]["load_average_end"] = os.getloadavg()
 
@@ -177,6 +163,34 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"[bench] wrote {args.report}, {out / 'bench.png'}, {out / 'results.json'}", file=sys.stderr)
     return 0
+
+
+def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, out: Path) -> None:
+    """Ceilings, seed, project (augmented, then feature cache), serving, ceilings again: in that order."""
+    results = sections.results
+    ceiling_passes = [sections.run("ceilings", lambda: _ceilings(spec, classes, args))]
+    results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec)))
+    project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, augment=True), group="project")
+    results["project_aug"] = _as_dict(project_aug)
+    results["project_cache"] = _as_dict(sections.run(
+        "project_cache", lambda: _project(data_dir, spec, augment=False), group="project"))
+    if project_aug is not None:
+        results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
+    elif "serving" not in args.skip:
+        results["errors"]["serving"] = "not run: the project's training (the model to serve) did not run"
+    ceiling_passes.append(sections.run("ceilings (second pass)", lambda: _ceilings(spec, classes, args),
+                                       group="ceilings"))
+    results["ceilings"] = _best_ceilings(ceiling_passes)
+
+
+def _dataset(args, out: Path) -> tuple[Path, dict]:
+    from bench.data import describe, generate_dataset
+
+    data_dir = args.data or generate_dataset(out / "data", classes=args.classes, per_class=args.per_class)
+    info = describe(data_dir)
+    origin = "given" if args.data else "generated"
+    info["text"] = f"{origin}: {info['num_images']} images, {len(info['classes'])} classes ({data_dir})"
+    return data_dir, info
 
 
 def _as_dict(value):

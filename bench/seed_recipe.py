@@ -18,8 +18,13 @@ never imported by the service. It follows the seed line by line:
   (the seed's "categoricla_crossentropy" typo is not copied), fit again.
 
 Deviations, all without effect on speed: PIL instead of OpenCV for loading;
+``weights="imagenet"`` is loaded through Keras 3 and copied layer by layer (tf_keras
+ignores KERAS_HOME, see ``copy_imagenet_weights``);
 float32 instead of float64 after ``/255`` (``aug.flow`` casts to float32 anyway);
 the backbone is the bench's (MobileNet 0.25 by default; ``vgg16`` is the seed's own).
+Kept as Keras 2 behaves: the backbone is not called with training=False, so with a
+BatchNorm backbone (MobileNet) the unfrozen BatchNorm layers run in training mode in
+phase 2 (VGG16, the seed's, has none); the project keeps them in inference mode.
 
 Timing (per phase): ``fit_s`` is the wall time of ``model.fit`` (augmentation,
 training, validation at each epoch end, first-call tracing); ``steady_ips`` is
@@ -39,7 +44,7 @@ from PIL import Image
 
 from bench.data import list_images
 from bench.timing import steady_ips
-from finetune.backbones import describe_layers
+from finetune.backbones import describe_layers, get_backbone
 from finetune.spec import TrainingSpec
 
 SEED_AUGMENTATION = dict(
@@ -140,16 +145,33 @@ def build_seed_model(tf_keras, spec: TrainingSpec, classes: int):
     constructor = getattr(tf_keras.applications, _APPLICATIONS[spec.backbone])
     alpha = spec.effective_alpha
     base = constructor(
-        weights=None if spec.weights == "none" else spec.weights,
+        weights=None,
         include_top=False,
         input_tensor=tf_keras.layers.Input(shape=(spec.image_size, spec.image_size, 3)),
         **({"alpha": alpha} if alpha is not None else {}),
     )
+    if spec.weights == "imagenet":
+        copy_imagenet_weights(spec, base)
     head = tf_keras.layers.Flatten(name="flatten")(base.output)
     head = tf_keras.layers.Dense(spec.head.units, activation="relu")(head)
     head = tf_keras.layers.Dropout(0.5)(head)
     head = tf_keras.layers.Dense(classes, activation="softmax")(head)
     return tf_keras.models.Model(inputs=base.input, outputs=head), base
+
+
+def copy_imagenet_weights(spec: TrainingSpec, base) -> None:
+    """The ImageNet weights through Keras 3's loader, copied layer by layer into the Keras 2 base.
+
+    tf_keras only looks for weight files under ~/.keras (it ignores KERAS_HOME), so an
+    offline host with the files under $KERAS_HOME/models would otherwise try to download.
+    """
+    source = get_backbone(spec.backbone).build(
+        image_size=spec.image_size, weights="imagenet", alpha=spec.effective_alpha
+    )
+    if [layer.name for layer in source.layers[1:]] != [layer.name for layer in base.layers[1:]]:
+        raise ValueError(f"{spec.backbone}: the Keras 3 and Keras 2 layer lists differ")
+    for target, layer in zip(base.layers[1:], source.layers[1:]):  # [0]: the input, named differently
+        target.set_weights(layer.get_weights())
 
 
 def _counting(tf_keras, iterator):
