@@ -45,10 +45,15 @@ def build_model(spec: TrainingSpec, *, num_classes: int) -> tuple[keras.Model, k
 
 
 def unfreeze_from(backbone: keras.Model, index: int) -> None:
-    """Make the backbone layers from `index` on trainable, the rest frozen. Recompile afterwards."""
+    """Make the backbone layers from `index` on trainable, the rest frozen. Recompile afterwards.
+
+    BatchNormalization layers stay frozen: in Keras 3 a frozen BatchNorm runs in inference mode,
+    whereas `fit` would otherwise override the `training=False` of the backbone's call and let
+    small fine-tuning batches rewrite the ImageNet statistics (keras-team/keras#20285).
+    """
     backbone.trainable = True
     for position, layer in enumerate(backbone.layers):
-        layer.trainable = position >= index
+        layer.trainable = position >= index and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def make_optimizer(phase: PhaseSpec) -> keras.optimizers.Optimizer:

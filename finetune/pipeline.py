@@ -134,17 +134,23 @@ class RandomAffine(keras.layers.Layer):
 
 
 def make_dataset(
-    pixels: np.ndarray,
+    pixels: np.ndarray | tf.Tensor,
     labels: np.ndarray,
     *,
     batch_size: int,
     preprocess: Callable,
     augmentation: AugmentationSpec | None = None,
     shuffle_seed: int | None = None,
+    subset: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (preprocessed float32 images, int labels). Gathers whole batches: no Python per image."""
-    count = len(labels)
-    indices = tf.data.Dataset.range(count)
+    """Batches of (preprocessed float32 images, int labels). Gathers whole batches: no Python per image.
+
+    `pixels` and `labels` are the whole decoded set; `subset` (row indices) picks a split without
+    copying the images, so the train and validation splits share one array or tensor.
+    """
+    rows = np.arange(len(labels)) if subset is None else np.asarray(subset, dtype=np.int64)
+    count = len(rows)
+    indices = tf.data.Dataset.from_tensor_slices(rows)
     if shuffle_seed is not None:
         indices = indices.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
     indices = indices.batch(batch_size)
@@ -160,7 +166,7 @@ def make_dataset(
             return gather_pixels(ordered), tf.gather(label_tensor, ordered)
 
     else:
-        pixel_tensor = tf.convert_to_tensor(pixels)
+        pixel_tensor = pixels if isinstance(pixels, tf.Tensor) else tf.convert_to_tensor(pixels)
 
         def gather(batch_indices):
             return tf.gather(pixel_tensor, batch_indices), tf.gather(label_tensor, batch_indices)

@@ -141,10 +141,14 @@ def train(
     strategy = make_strategy(plan)
     batch_size = spec.batch_size * plan.replicas
 
+    pixels = decoded.pixels if isinstance(decoded.pixels, np.memmap) else tf.convert_to_tensor(decoded.pixels)
+    decoded.pixels = None  # one copy of the images: the tensor (or the memory map)
+
     def dataset(indices, *, augment: bool, shuffle: bool):
         return make_dataset(
-            decoded.pixels[indices] if not isinstance(decoded.pixels, np.memmap) else decoded.pixels,
-            decoded.labels[indices],
+            pixels,
+            decoded.labels,
+            subset=indices,
             batch_size=batch_size,
             preprocess=preprocess,
             augmentation=spec.augmentation if augment else None,

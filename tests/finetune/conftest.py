@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+import pytest
 
-import pytest  # noqa: E402
-
-from tests.helpers import make_image  # noqa: E402
+from tests.helpers import make_image
 
 
 def build_dataset_dir(
@@ -34,11 +30,6 @@ def build_dataset_dir(
 def make_dataset_dir():
     """The helper itself: `make_dataset_dir(root, classes=("red", "blue"), per_class=8, size=40)`."""
     return build_dataset_dir
-
-
-@pytest.fixture
-def dataset_dir(tmp_path) -> Path:
-    return build_dataset_dir(tmp_path / "dataset")
 
 
 @dataclass
@@ -100,3 +91,12 @@ def fake_result():
         return FakeResult(model=colour_classifier(), spec=spec, classes=["blue", "green", "red"], **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def factories():
+    """This file's builders, for module- or session-scoped fixtures in the test files."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(FakeResult=FakeResult, colour_classifier=colour_classifier, tiny_spec=tiny_spec,
+                           make_dataset_dir=build_dataset_dir)

@@ -1,0 +1,376 @@
+"""Serving a saved model: Predictor, PredictorCache and the MicroBatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import finetune.batching as batching
+import finetune.predictor as predictor_module
+from finetune.batching import MicroBatcher
+from finetune.errors import BadImage, NotAnImage, NotFound
+from finetune.predictor import BATCH_BUCKETS, ImageInput, Predictor, PredictorCache, bucket_for
+from finetune.store import ModelStore
+from tests.helpers import make_image_bytes
+
+CLASSES = ["blue", "green", "red"]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def colour_input(colour: str, size: int = 40, seed: int = 0, fmt: str = "PNG") -> ImageInput:
+    return ImageInput(f"{colour}-{seed}.{fmt.lower()}", make_image_bytes(colour, size, fmt, seed=seed))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, factories):
+    """A store holding one model that tells blue, green and red apart (see conftest.colour_classifier)."""
+    store = ModelStore(tmp_path_factory.mktemp("models"))
+    result = factories.FakeResult(model=factories.colour_classifier(),
+                                  spec=factories.tiny_spec(backbone="vgg16", alpha=None), classes=list(CLASSES))
+    manifest = store.save(result)
+    return store, manifest
+
+
+@pytest.fixture(scope="module")
+def predictor(saved_model):
+    store, manifest = saved_model
+    predictor = Predictor(store.model_file(manifest["id"]), manifest, max_batch=8)
+    predictor.warm_up()
+    return predictor
+
+
+# --- bucket_for ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "bucket"), [(0, 1), (1, 1), (2, 2), (3, 4), (5, 8), (16, 16), (17, 32),
+                                               (32, 32), (33, 32), (1000, 32)])
+def test_bucket_for_rounds_up_to_the_next_bucket(count, bucket):
+    assert bucket_for(count) == bucket
+
+
+def test_bucket_for_with_custom_buckets():
+    assert bucket_for(3, (1, 2)) == 2
+    assert bucket_for(2, (2, 6)) == 2
+    assert bucket_for(3, (2, 6)) == 6
+
+
+def test_buckets_are_capped_by_max_batch(saved_model):
+    store, manifest = saved_model
+    assert Predictor(store.model_file(manifest["id"]), manifest, max_batch=4).buckets == (1, 2, 4)
+    assert Predictor(store.model_file(manifest["id"]), manifest).buckets == BATCH_BUCKETS
+
+
+# --- Predictor ---------------------------------------------------------------------------
+
+
+def test_predictor_reads_its_manifest(predictor, saved_model):
+    _, manifest = saved_model
+    assert predictor.model_id == manifest["id"]
+    assert predictor.classes == CLASSES
+    assert predictor.image_size == 32
+
+
+@pytest.mark.parametrize("colour", CLASSES)
+def test_predict_names_the_right_colour_first(predictor, colour):
+    [result] = predictor.predict([colour_input(colour)], top_k=3)
+    assert result["filename"] == f"{colour}-0.png"
+    assert result["predictions"][0]["label"] == colour
+    assert result["predictions"][0]["probability"] > 0.8  # Pillow's "green" is (0, 128, 0)
+
+
+def test_top_k_is_sorted_descending_and_sums_to_one(predictor):
+    [result] = predictor.predict([colour_input("purple")], top_k=3)
+    probabilities = [p["probability"] for p in result["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert sorted(p["label"] for p in result["predictions"]) == CLASSES
+    assert all(isinstance(p["probability"], float) for p in result["predictions"])
+
+
+@pytest.mark.parametrize(("k", "expected"), [(1, 1), (2, 2), (3, 3), (5, 3), (100, 3), (0, 1), (-4, 1)])
+def test_top_k_is_clipped_to_the_classes(predictor, k, expected):
+    [result] = predictor.predict([colour_input("red")], top_k=k)
+    assert len(result["predictions"]) == expected
+    assert result["predictions"][0]["label"] == "red"
+
+
+def test_several_images_in_one_call_keep_their_order(predictor):
+    images = [colour_input(c, seed=i) for i, c in enumerate(["red", "blue", "green", "red", "blue"])]
+    results = predictor.predict(images, top_k=1)
+    assert [r["filename"] for r in results] == [image.name for image in images]
+    assert [r["predictions"][0]["label"] for r in results] == ["red", "blue", "green", "red", "blue"]
+
+
+def test_an_image_gives_the_same_probabilities_alone_or_in_a_batch(predictor):
+    image = colour_input("orange", seed=3)
+    alone = predictor.predict_pixels(predictor.load_pixels(image, max_pixels=10**7)[None])
+    others = [colour_input(c, seed=i) for i, c in enumerate(["red", "blue", "green", "yellow", "pink"])]
+    batch = np.stack([predictor.load_pixels(i, max_pixels=10**7) for i in [*others[:3], image, *others[3:]]])
+    together = predictor.predict_pixels(batch)
+    np.testing.assert_allclose(together[3], alone[0], atol=1e-6)
+
+
+def test_predict_pixels_handles_more_than_the_largest_bucket(predictor):
+    pixels = np.stack([predictor.load_pixels(colour_input(c, seed=i), max_pixels=10**7)
+                       for i, c in enumerate(CLASSES * 7)])  # 21 images, buckets up to 8
+    probabilities = predictor.predict_pixels(pixels)
+    assert probabilities.shape == (21, 3)
+    assert [CLASSES[i] for i in probabilities.argmax(axis=1)] == CLASSES * 7
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_predict_pixels_of_nothing_is_an_empty_array(predictor):
+    out = predictor.predict_pixels(np.zeros((0, 32, 32, 3), np.uint8))
+    assert out.shape == (0, 3)
+
+
+def test_warm_up_traces_every_bucket_so_requests_do_not_retrace(predictor):
+    assert set(predictor._concrete) == set(predictor.buckets) == {1, 2, 4, 8}
+    traced = predictor._forward.experimental_get_tracing_count()
+    assert traced >= 1
+    for count in (3, 1, 8, 5, 13):
+        predictor.predict_pixels(np.zeros((count, 32, 32, 3), np.uint8))
+    assert predictor._forward.experimental_get_tracing_count() == traced
+
+
+def test_the_same_preprocessing_as_training_is_applied(predictor):
+    # vgg16 preprocessing (BGR, mean-subtracted) is what makes the hand-set classifier right:
+    # without it, every colour would look alike to the identity kernel.
+    pixels = np.zeros((1, 32, 32, 3), np.uint8)
+    pixels[..., 0] = 255
+    assert CLASSES[int(predictor.predict_pixels(pixels).argmax())] == "red"
+
+
+def test_a_corrupt_image_raises_bad_image_naming_the_file(predictor):
+    data = make_image_bytes("red", 40)
+    with pytest.raises(BadImage) as caught:
+        predictor.predict([colour_input("red"), ImageInput("broken.png", data[: len(data) // 3])])
+    assert "broken.png" in caught.value.message
+    assert caught.value.status_code == 400
+
+
+def test_a_text_file_raises_not_an_image_naming_the_file(predictor):
+    with pytest.raises(NotAnImage) as caught:
+        predictor.predict([ImageInput("notes.txt", b"just some words, not pixels")])
+    assert "notes.txt" in caught.value.message
+    assert caught.value.status_code == 415
+
+
+def test_an_empty_file_raises_bad_image(predictor):
+    with pytest.raises(BadImage, match="empty.jpg"):
+        predictor.predict([ImageInput("empty.jpg", b"")])
+
+
+def test_greyscale_rgba_and_other_sizes_work(predictor):
+    grey = ImageInput("grey.png", png(Image.new("L", (50, 30), 128)))
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 255, 255))
+    rgba_input = ImageInput("rgba.png", png(rgba))
+    jpeg = colour_input("green", size=100, fmt="JPEG")
+    results = predictor.predict([grey, rgba_input, jpeg], top_k=1)
+    assert [r["filename"] for r in results] == ["grey.png", "rgba.png", "green-0.jpeg"]
+    assert results[1]["predictions"][0]["label"] == "blue"
+    assert results[2]["predictions"][0]["label"] == "green"
+
+
+# --- PredictorCache -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_models(tmp_path, factories):
+    store = ModelStore(tmp_path / "models")
+    ids = []
+    for _ in range(3):
+        result = factories.FakeResult(model=factories.colour_classifier(),
+                                      spec=factories.tiny_spec(backbone="vgg16", alpha=None), classes=list(CLASSES))
+        ids.append(store.save(result)["id"])
+    return store, ids
+
+
+@pytest.fixture
+def load_counter(monkeypatch):
+    """Counts Predictor constructions by model id."""
+    loads: dict[str, int] = {}
+    real = predictor_module.Predictor
+
+    class CountingPredictor(real):
+        def __init__(self, model_path, manifest, **kwargs):
+            loads[manifest["id"]] = loads.get(manifest["id"], 0) + 1
+            super().__init__(model_path, manifest, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "Predictor", CountingPredictor)
+    return loads
+
+
+def test_cache_loads_a_model_once_when_asked_twice(three_models, load_counter):
+    store, ids = three_models
+    cache = PredictorCache(store, size=2, max_batch=2)
+    first = cache.get(ids[0])
+    assert cache.get(ids[0]) is first
+    assert load_counter == {ids[0]: 1}
+    assert first.buckets == (1, 2)
+    assert set(first._concrete) == {1, 2}  # warmed up on load
+
+
+def test_cache_loads_once_under_concurrent_requests(three_models, load_counter):
+    store, ids = three_models
+    cache = PredictorCache(store, size=2)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(ids[1]))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(got) == 4 and all(p is got[0] for p in got)
+    assert load_counter == {ids[1]: 1}
+
+
+def test_cache_evicts_the_least_recently_used_beyond_its_size(three_models, load_counter):
+    store, (a, b, c) = three_models
+    cache = PredictorCache(store, size=2, max_batch=1)
+    cache.get(a)
+    cache.get(b)
+    cache.get(a)  # a is now the most recently used
+    cache.get(c)  # evicts b
+    assert cache.loaded_ids() == [a, c]
+    assert len(cache) == 2
+    cache.get(b)  # loads b again, evicting a
+    assert cache.loaded_ids() == [c, b]
+    assert load_counter == {a: 1, b: 2, c: 1}
+
+
+def test_cache_without_an_id_serves_the_newest_model(three_models):
+    store, ids = three_models
+    cache = PredictorCache(store, size=1, max_batch=1)
+    assert cache.get(None).model_id == ids[-1]
+
+
+def test_cache_unknown_id_is_not_found(three_models, load_counter):
+    store, _ = three_models
+    cache = PredictorCache(store, size=2)
+    with pytest.raises(NotFound):
+        cache.get("nope")
+    with pytest.raises(NotFound):
+        cache.get("../x")
+    assert load_counter == {} and len(cache) == 0
+
+
+def test_cache_evict_forgets_a_model(three_models, load_counter):
+    store, (a, _, _) = three_models
+    cache = PredictorCache(store, size=2, max_batch=1)
+    cache.get(a)
+    cache.evict(a)
+    assert cache.loaded_ids() == []
+    cache.get(a)
+    assert load_counter == {a: 2}
+
+
+# --- MicroBatcher -------------------------------------------------------------------------
+
+
+class EchoPredictor:
+    """predict_pixels returns each image's first pixel as its 'probabilities', and counts calls."""
+
+    model_id = "echo"
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[int] = []
+        self.fail = fail
+
+    def predict_pixels(self, pixels):
+        self.calls.append(len(pixels))
+        if self.fail:
+            raise RuntimeError("the model fell over")
+        return pixels[:, 0, 0, :].astype(np.float32)
+
+
+def tagged(*tags: int) -> np.ndarray:
+    pixels = np.zeros((len(tags), 2, 2, 3), np.uint8)
+    pixels[:, 0, 0, 0] = tags
+    return pixels
+
+
+def test_concurrent_requests_share_one_forward_pass():
+    echo = EchoPredictor()
+    batcher = MicroBatcher(echo, max_batch=32, max_wait_s=0.2)
+
+    async def main():
+        return await asyncio.gather(*(batcher.predict(tagged(*range(10 * i, 10 * i + 1 + i % 3)))
+                                      for i in range(8)))
+
+    results = asyncio.run(main())
+    assert len(echo.calls) < 8
+    assert sum(echo.calls) == sum(1 + i % 3 for i in range(8))
+    for i, rows in enumerate(results):
+        assert rows[:, 0].tolist() == list(range(10 * i, 10 * i + 1 + i % 3))
+
+
+def test_batches_stop_growing_at_max_batch():
+    echo = EchoPredictor()
+    batcher = MicroBatcher(echo, max_batch=3, max_wait_s=0.2)
+
+    async def main():
+        return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(7)))
+
+    results = asyncio.run(main())
+    assert all(size <= 3 for size in echo.calls)
+    assert sum(echo.calls) == 7 and len(echo.calls) >= 3
+    assert [int(rows[0, 0]) for rows in results] == list(range(7))
+
+
+def test_a_real_predictor_behind_the_batcher_gives_each_caller_its_rows(predictor, monkeypatch):
+    calls = []
+    real = predictor.predict_pixels
+
+    def counting(pixels):
+        calls.append(len(pixels))
+        return real(pixels)
+
+    monkeypatch.setattr(predictor, "predict_pixels", counting)
+    batcher = MicroBatcher(predictor, max_batch=8, max_wait_s=0.2)
+    colours = ["red", "blue", "green", "blue", "red"]
+    pixels = [predictor.load_pixels(colour_input(c, seed=i), max_pixels=10**7)[None] for i, c in enumerate(colours)]
+
+    async def main():
+        return await asyncio.gather(*(batcher.predict(p) for p in pixels))
+
+    results = asyncio.run(main())
+    assert len(calls) < len(colours)
+    assert [CLASSES[int(rows.argmax())] for rows in results] == colours
+    assert all(rows.shape == (1, 3) for rows in results)
+
+
+def test_a_failing_forward_pass_fails_every_caller_in_the_batch():
+    batcher = MicroBatcher(EchoPredictor(fail=True), max_batch=8, max_wait_s=0.1)
+
+    async def main():
+        return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(3)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) and "fell over" in str(r) for r in results)
+
+
+def test_the_batcher_loop_ends_when_idle_and_restarts(monkeypatch):
+    monkeypatch.setattr(batching, "IDLE_EXIT_S", 0.05)
+    echo = EchoPredictor()
+    batcher = MicroBatcher(echo, max_batch=4, max_wait_s=0.01)
+
+    async def main():
+        first = await batcher.predict(tagged(1))
+        await asyncio.sleep(0.3)
+        idle_done = batcher._task.done()
+        second = await batcher.predict(tagged(2))
+        return first, idle_done, second
+
+    first, idle_done, second = asyncio.run(main())
+    assert idle_done
+    assert int(first[0, 0]) == 1 and int(second[0, 0]) == 2
