@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     job_stale_after_s: int = Field(default=120, description="a running job silent this long is re-queued")
     job_max_attempts: int = 3
     heartbeat_s: float = 10.0
+    gpu_lock_dir: str | None = Field(
+        default=None, description="shared folder where each worker on a multi-GPU host claims one GPU")
+    stale_temp_after_s: float = Field(
+        default=3600.0, description="at start-up the API removes upload spools and staging folders untouched this long")
 
     model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
     predict_max_batch: int = 32

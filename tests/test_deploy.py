@@ -160,13 +160,16 @@ def test_worker_can_be_scaled(services):
     assert "ports" not in worker
 
 
-def test_worker_reserves_one_nvidia_gpu(services):
+def test_worker_reserves_the_nvidia_gpus_and_claims_one_through_a_shared_lock_folder(services):
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert len(devices) == 1
     (device,) = devices
     assert device["driver"] == "nvidia"
-    assert device["count"] == 1
+    assert device["count"] == "all"
     assert "gpu" in device["capabilities"]
+    lock_dir = env_of(services["worker"])["GPU_LOCK_DIR"]
+    mounts = [volume.split(":")[1] for volume in services["worker"]["volumes"]]
+    assert any(lock_dir.startswith(mount + "/") for mount in mounts), "the lock folder must be on a shared volume"
 
 
 def test_api_and_worker_wait_for_a_healthy_redis(services):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 
 from finetune.settings import get_settings
 
@@ -30,6 +30,13 @@ def make_celery() -> Celery:
 
 
 app = make_celery()
+
+
+@worker_init.connect
+def _claim_a_gpu(sender=None, **_):
+    from worker.gpu import pin_one_gpu
+
+    app.finetune_gpu_lock = pin_one_gpu(get_settings().gpu_lock_dir)
 
 
 @worker_ready.connect
