@@ -17,27 +17,53 @@ from app.limits import BodySizeLimitMiddleware
 from app.metrics import AppMetrics
 from app.queue import make_enqueue
 from app.routers import backbones, datasets, health, jobs, models, predict
-from app.security import require_api_key
+from app.security import EarlyApiKeyCheck, require_api_key
+from finetune.backbones import BACKBONES, describe_layers
 from finetune.errors import NotFound
 from finetune.service import Service
 from finetune.settings import Settings, get_settings
+from finetune.storage import remove_stale_temporaries
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
+WARM_BACKBONES = ("vgg16", "mobilenet")
 
 DESCRIPTION = """Upload labelled images, fine-tune an ImageNet backbone on them (the two-phase recipe:
 train a new head on the frozen backbone, then fine-tune its last block), and classify images with
 the result. Errors are `{"detail": ...}`."""
 
 
-def _preload_newest_model(service: Service) -> None:
-    """Loads and warms the newest model in the background, so the first /predict pays no tracing."""
+def _warm_up(service: Service) -> None:
+    """In the background: load and warm the newest model, so the first /predict pays no tracing,
+    and learn the common backbones' layers, so the first POST /jobs need not build one to
+    check `unfreeze_from`."""
     try:
         service.predictors.get(None)
     except NotFound:
-        return
+        pass
     except Exception:
         log.exception("could not preload the newest model; /predict will load it on first use")
+    for name in WARM_BACKBONES:
+        describe_layers(name, 1.0 if BACKBONES[name].has_alpha else None)
+
+
+def _remove_leftovers(service: Service, settings: Settings) -> None:
+    """What a process killed mid-write left behind: spooled uploads (the spool folder of
+    `routers/datasets.py`) and staging folders of datasets and models, once untouched for
+    STALE_TEMP_AFTER_S, so an upload or save still in flight in another process is left alone."""
+    older = settings.stale_temp_after_s
+    try:
+        removed = [
+            *remove_stale_temporaries(Path(settings.cache_dir) / "uploads", prefixes=(".upload-",),
+                                      older_than_s=older),
+            *service.datasets.remove_stale_staging(older_than_s=older),
+            *service.models.remove_stale_staging(older_than_s=older),
+        ]
+    except Exception:
+        log.exception("could not remove the leftovers of interrupted uploads and saves")
+        return
+    if removed:
+        log.warning("removed %d leftover(s) of interrupted uploads and saves: %s", len(removed), ", ".join(removed))
 
 
 def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
@@ -49,7 +75,8 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if not settings.api_key_list:
             log.warning("*** API_KEYS is not set: every route is open to anyone who can reach this port ***")
-        preload = asyncio.get_running_loop().run_in_executor(None, _preload_newest_model, app.state.service)
+        await asyncio.get_running_loop().run_in_executor(None, _remove_leftovers, app.state.service, settings)
+        preload = asyncio.get_running_loop().run_in_executor(None, _warm_up, app.state.service)
         yield
         preload.cancel()
 
@@ -74,6 +101,7 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
         async def dashboard():
             return FileResponse(STATIC_DIR / "index.html")
 
+    app.add_middleware(EarlyApiKeyCheck, keys=settings.api_key_list)
     app.middleware("http")(app.state.metrics.middleware)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],

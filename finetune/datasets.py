@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from finetune.archive import ArchiveLimits, unpack_archive
 from finetune.dataset import scan_dataset
 from finetune.errors import Conflict, NotFound
-from finetune.storage import Location, check_id
+from finetune.storage import Location, check_id, remove_stale_temporaries
 from finetune.store import new_id, now_iso
 
 RECORD_FILE = "dataset.json"
@@ -57,6 +57,13 @@ class DatasetStore:
             shutil.rmtree(staging, ignore_errors=True)
         return record
 
+    def remove_stale_staging(self, *, older_than_s: float) -> list[str]:
+        """Staging folders left by an upload whose process died (`.tmp-*`, once untouched for
+        `older_than_s`) and local deletions cut short (`.deleting-*`)."""
+        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
+        return remove_stale_temporaries(staging_parent, prefixes=(".tmp-",), older_than_s=older_than_s,
+                                        always=(".deleting-",) if self.location.is_local else ())
+
     def list(self) -> list[dict]:
         records = []
         for name in self.location.children():
@@ -76,6 +83,8 @@ class DatasetStore:
             return json.loads(self.location.read_text(dataset_id, RECORD_FILE))
         except FileNotFoundError:
             raise NotFound(f"dataset {dataset_id!r} not found") from None
+        except ValueError:  # a record cut short: never listed, so never served either
+            raise NotFound(f"dataset {dataset_id!r} not found (its record is incomplete)") from None
 
     def delete(self, dataset_id: str) -> None:
         """Marks the dataset as being deleted (new jobs on it get 409), then removes it."""

@@ -165,6 +165,27 @@ class JobStore:
     def heartbeat(self, job_id: str, worker: str) -> None:
         self._guard(lambda: self.redis.hset(job_key(job_id), mapping={"heartbeat": time.time(), "worker": worker}))
 
+    def release_heartbeat(self, job_id: str, worker: str) -> bool:
+        """Forget the heartbeat `worker` wrote, once it is known dead, so the job can be run again at
+        once; a heartbeat written since by another worker is kept. True if one was forgotten."""
+
+        def attempt():
+            with self.redis.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(job_key(job_id))
+                        if pipe.hget(job_key(job_id), "worker") != worker:
+                            pipe.unwatch()
+                            return False
+                        pipe.multi()
+                        pipe.hdel(job_key(job_id), "heartbeat")
+                        pipe.execute()
+                        return True
+                    except redis.WatchError:
+                        continue
+
+        return self._guard(attempt)
+
     def last_heartbeat(self, job_id: str) -> float | None:
         value = self._guard(lambda: self.redis.hget(job_key(job_id), "heartbeat"))
         return float(value) if value else None

@@ -104,6 +104,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
     checkpoints = checkpoint_dir(settings, job_id)
     if jobs.cancel_requested(job_id):
         _finish(jobs, job_id, "cancelled")
+        shutil.rmtree(checkpoints, ignore_errors=True)  # cancelled while its worker was dead: resumed no more
         return "cancelled"
     attempts = record["attempts"] + 1
     if attempts > settings.job_max_attempts:
@@ -112,6 +113,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
             "message": f"the job's worker stopped {record['attempts']} times before it finished; giving up",
         })
         shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(Path(settings.cache_dir) / "decoded" / job_id, ignore_errors=True)
         return "failed"
     record = jobs.update(job_id, {"status": "running", "attempts": attempts, "worker": worker, "error": None,
                                   "started_at": record["started_at"] or now_iso()},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +73,45 @@ def _storage_options(url: str) -> dict:
             options["client_kwargs"] = {"endpoint_url": endpoint}
         return options
     return {}
+
+
+def newest_change(path: Path, *, since: float) -> float:
+    """The latest mtime of `path` and everything under it, stopping early at one newer than `since`."""
+    newest = path.lstat().st_mtime
+    if newest > since or not path.is_dir() or path.is_symlink():
+        return newest
+    for folder, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+            if newest > since:
+                return newest
+    return newest
+
+
+def remove_stale_temporaries(directory: str | Path, *, prefixes: tuple[str, ...], older_than_s: float,
+                             always: tuple[str, ...] = ()) -> list[str]:
+    """Remove what a process killed mid-write left in `directory`: entries named with one of `prefixes`
+    in which nothing changed for `older_than_s` (work still in flight elsewhere keeps changing, so it is
+    left alone), and entries named with one of `always` (already doomed). Returns the names removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for entry in directory.iterdir():
+        name = entry.name
+        try:
+            stale = name.startswith(prefixes) and newest_change(entry, since=cutoff) <= cutoff
+            if not (stale or name.startswith(always)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    return removed

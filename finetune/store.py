@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from finetune.errors import NotFound
-from finetune.storage import Location, check_id
+from finetune.storage import Location, check_id, remove_stale_temporaries
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
@@ -83,6 +83,13 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
 
+    def remove_stale_staging(self, *, older_than_s: float) -> list[str]:
+        """Staging folders left by a save whose process died (`.tmp-*`, once untouched for
+        `older_than_s`) and local deletions cut short (`.deleting-*`)."""
+        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
+        return remove_stale_temporaries(staging_parent, prefixes=(".tmp-",), older_than_s=older_than_s,
+                                        always=(".deleting-",) if self.location.is_local else ())
+
     def list(self) -> list[dict]:
         """Every complete model, newest first."""
         manifests = []
@@ -101,6 +108,8 @@ class ModelStore:
             return json.loads(self.location.read_text(model_id, MANIFEST_FILE))
         except FileNotFoundError:
             raise NotFound(f"model {model_id!r} not found") from None
+        except ValueError:  # a record cut short: never listed, so never served either
+            raise NotFound(f"model {model_id!r} not found (its record is incomplete)") from None
 
     def newest(self) -> dict:
         models = self.list()

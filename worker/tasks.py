@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import signal
+import socket
 import subprocess
 import sys
 
@@ -30,7 +31,14 @@ def _die_with_parent() -> None:
 
 
 def run_job_process(job_id: str) -> int:
-    return subprocess.call([sys.executable, "-m", "finetune.runner", job_id], preexec_fn=_die_with_parent)
+    process = subprocess.Popen([sys.executable, "-m", "finetune.runner", job_id], preexec_fn=_die_with_parent)
+    code = process.wait()
+    if code not in (0, EXIT_OWNED_ELSEWHERE):
+        # It died holding the job, and its heartbeat is still fresh: the next job process would take
+        # the job for running elsewhere and leave it to the reaper, JOB_STALE_AFTER_S later.
+        jobs = JobStore.from_url(get_settings().redis_url)
+        jobs.release_heartbeat(job_id, f"{socket.gethostname()}:{process.pid}")
+    return code
 
 
 @app.task(name="finetune.run_job", acks_late=True, reject_on_worker_lost=True)

@@ -85,8 +85,9 @@ def test_half_written_and_temporary_folders_are_not_listed(store, fake_result):
     (root / "garbled").mkdir()
     (root / "garbled" / MANIFEST_FILE).write_text("{not json")
     assert [manifest["id"] for manifest in store.list()] == [saved["id"]]
-    with pytest.raises(NotFound):
-        store.get("halfway")
+    for name in ("halfway", "garbled"):
+        with pytest.raises(NotFound):
+            store.get(name)
 
 
 def test_get_returns_the_manifest(store, fake_result):

@@ -1,0 +1,55 @@
+"""Runs tests/load/load_test.py briefly against the live service: 16 clients on /predict and a
+50 Hz poll of a job training meanwhile. No request may fail, and the API's memory must stay bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.reliability_support import assert_baseline_intact, make_baseline, wait_for_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCRIPT = Path(__file__).resolve().parents[1] / "load" / "load_test.py"
+DURATION_S = float(os.environ.get("LOAD_TEST_SECONDS", "10"))
+CONCURRENCY = 16
+RSS_GROWTH_LIMIT_MB = 200
+
+
+@pytest.fixture(scope="module")
+def client(live_service):
+    with httpx.Client(base_url=live_service.url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def baseline(client, live_service, tiny_dataset_zip):
+    return make_baseline(client, tiny_dataset_zip, data_dir=live_service.data_dir, model_dir=live_service.model_dir,
+                         diagnostics=lambda: live_service.worker.log_tail(60))
+
+
+def test_predict_and_job_polling_under_load(live_service, client, baseline, tmp_path):
+    out = tmp_path / "load.json"
+    command = [sys.executable, str(SCRIPT), "--url", live_service.url, "--duration", str(DURATION_S),
+               "--concurrency", str(CONCURRENCY), "--model-id", baseline.model["id"],
+               "--dataset-id", baseline.dataset["id"], "--poll-hz", "50",
+               "--api-pid", str(live_service.api.pid), "--json", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=DURATION_S + 120)
+    print(run.stdout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(out.read_text())
+    assert summary["errors"] == 0, summary
+    assert summary["concurrency"] == CONCURRENCY
+    assert summary["predict"]["requests"] >= 5 * DURATION_S, summary["predict"]
+    polls = summary["job_poll"]
+    assert polls["requests"] >= 10 * DURATION_S, polls  # asked for 50 Hz; allows for a busy 2-core machine
+    assert summary["rss_mb"]["growth"] < RSS_GROWTH_LIMIT_MB, summary["rss_mb"]
+    job = wait_for_job(client, polls["job_id"], diagnostics=lambda: live_service.worker.log_tail(60))
+    assert job["status"] == "succeeded", job
+    assert_baseline_intact(client, baseline)
