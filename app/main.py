@@ -20,6 +20,7 @@ from app.routers import backbones, datasets, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.backbones import BACKBONES, describe_layers
 from finetune.errors import NotFound
+from finetune.reaper import start_reaper
 from finetune.service import Service
 from finetune.settings import Settings, get_settings
 from finetune.storage import remove_stale_temporaries
@@ -77,7 +78,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
             log.warning("*** API_KEYS is not set: every route is open to anyone who can reach this port ***")
         await asyncio.get_running_loop().run_in_executor(None, _remove_leftovers, app.state.service, settings)
         preload = asyncio.get_running_loop().run_in_executor(None, _warm_up, app.state.service)
+        reaper = start_reaper(settings, enqueue=app.state.service.enqueue)
         yield
+        reaper.stopped.set()
         preload.cancel()
 
     app = FastAPI(title="Fine-tuning service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

@@ -41,9 +41,10 @@ def _claim_a_gpu(sender=None, **_):
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_):
-    from worker.reaper import start_reaper
+    from finetune.reaper import start_reaper
+    from worker.tasks import run_job
 
-    sender.app.finetune_reaper = start_reaper(get_settings())
+    sender.app.finetune_reaper = start_reaper(get_settings(), enqueue=lambda job_id: run_job.delay(job_id))
 
 
 @worker_shutting_down.connect

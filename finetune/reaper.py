@@ -1,17 +1,22 @@
-"""Re-queues running jobs whose worker went silent, without waiting for Redis' visibility timeout."""
+"""Re-queues running jobs whose worker went silent, without waiting for Redis' visibility timeout.
+
+Every worker and the API run one; a Redis lock lets one of them sweep at a time, so a job whose
+only worker died is handed back to the queue even while no worker is alive.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from typing import Callable
 
 import redis
 
 from finetune.jobs import JobStore
 from finetune.settings import Settings
 
-log = logging.getLogger("worker.reaper")
+log = logging.getLogger("finetune.reaper")
 LOCK_KEY = "finetune:reaper-lock"
 
 
@@ -35,26 +40,23 @@ def requeue_stale_jobs(jobs: JobStore, *, stale_after_s: float, enqueue) -> list
 
 
 class Reaper(threading.Thread):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, enqueue: Callable[[str], None]):
         super().__init__(daemon=True, name="finetune-reaper")
-        self.settings = settings
+        self.settings, self.enqueue = settings, enqueue
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from worker.tasks import run_job
-
         jobs = JobStore.from_url(self.settings.redis_url)
         interval = max(1.0, self.settings.job_stale_after_s / 4)
         while not self.stopped.wait(interval):
             try:
                 if jobs.redis.set(LOCK_KEY, "1", nx=True, ex=int(interval) + 1):
-                    requeue_stale_jobs(jobs, stale_after_s=self.settings.job_stale_after_s,
-                                       enqueue=lambda job_id: run_job.delay(job_id))
+                    requeue_stale_jobs(jobs, stale_after_s=self.settings.job_stale_after_s, enqueue=self.enqueue)
             except redis.RedisError:
                 log.warning("reaper could not reach Redis", exc_info=True)
 
 
-def start_reaper(settings: Settings) -> Reaper:
-    reaper = Reaper(settings)
+def start_reaper(settings: Settings, *, enqueue: Callable[[str], None]) -> Reaper:
+    reaper = Reaper(settings, enqueue=enqueue)
     reaper.start()
     return reaper
