@@ -96,12 +96,13 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     jobs = JobStore.from_url(settings.redis_url)
     record = jobs.get(job_id)
+    checkpoints = checkpoint_dir(settings, job_id)
     if record["status"] in FINAL_STATUSES:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # e.g. cancelled while queued after its worker died
         return record["status"]
     beat = jobs.last_heartbeat(job_id)
     if record["status"] == "running" and beat and time.time() - beat < settings.job_stale_after_s:
         return "owned"
-    checkpoints = checkpoint_dir(settings, job_id)
     if jobs.cancel_requested(job_id):
         _finish(jobs, job_id, "cancelled")
         shutil.rmtree(checkpoints, ignore_errors=True)  # cancelled while its worker was dead: resumed no more
