@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.targets import TARGETS
+from bench.targets import targets_for
 
 NA = "—"
 
@@ -24,25 +24,59 @@ def _ratio(a, b) -> float | None:
     return a / b
 
 
+def project_ceilings(results: dict) -> dict:
+    """The ceilings the project's training is compared with: measured in its own process right after it
+    (the same conditions on a shared machine), else the run's best pass."""
+    return _get(results, "project_aug", "ceilings") or results.get("ceilings") or {}
+
+
+def _phase_figures(results: dict) -> dict:
+    """Per phase: ceiling, seed (steady, train, wall), project (steady, train, wall) images/s."""
+    ceil, seed = project_ceilings(results), results.get("seed") or {}
+    aug = _get(results, "project_aug", "phases", default={})
+    cache = _get(results, "project_cache", "phases", default={})
+    out = {}
+    for key, ceiling, seed_phase, project in (
+        ("warmup", ceil.get("forward_ips"), seed.get("warmup"), aug.get("warmup")),
+        ("finetune", ceil.get("phase2_step_ips"), seed.get("finetune"), aug.get("finetune")),
+        ("cache", ceil.get("forward_ips"), seed.get("warmup"), cache.get("warmup")),
+    ):
+        out[key] = {
+            "ceiling": ceiling,
+            "seed_steady": _get(seed_phase, "steady_ips"), "seed_train": _get(seed_phase, "train_ips"),
+            "seed_wall": _get(seed_phase, "fit_ips"),
+            "project_steady": _get(project, "steady_ips"), "project_train": _get(project, "reported_ips"),
+            "project_wall": _get(project, "wall_ips"),
+        }
+    return out
+
+
 def derive(results: dict) -> dict:
     """Every ratio the report prints, from the raw sections (None where a section is missing)."""
     ceil, seed = results.get("ceilings"), results.get("seed")
-    aug, cache = results.get("project_aug"), results.get("project_cache")
     serving = results.get("serving")
-    aug_warm, aug_fine = _get(aug, "phases", "warmup"), _get(aug, "phases", "finetune")
-    cache_warm = _get(cache, "phases", "warmup")
-    ratio = {
-        "warmup_aug_vs_ceiling": _ratio(_get(aug_warm, "steady_ips"), _get(ceil, "phase1_step_ips")),
-        "finetune_vs_ceiling": _ratio(_get(aug_fine, "steady_ips"), _get(ceil, "phase2_step_ips")),
-        "warmup_cache_vs_forward": _ratio(_get(cache_warm, "wall_ips"), _get(ceil, "forward_ips")),
-        "warmup_aug_vs_seed": _ratio(_get(aug_warm, "steady_ips"), _get(seed, "warmup", "steady_ips")),
-        "finetune_vs_seed": _ratio(_get(aug_fine, "steady_ips"), _get(seed, "finetune", "steady_ips")),
-        "warmup_aug_vs_seed_wall": _ratio(_get(aug_warm, "wall_ips"), _get(seed, "warmup", "fit_ips")),
-        "finetune_vs_seed_wall": _ratio(_get(aug_fine, "wall_ips"), _get(seed, "finetune", "fit_ips")),
-        "warmup_cache_vs_aug_wall": _ratio(_get(cache_warm, "wall_ips"), _get(aug_warm, "wall_ips")),
-        "warmup_cache_vs_seed_wall": _ratio(_get(cache_warm, "wall_ips"), _get(seed, "warmup", "fit_ips")),
+    phases = _phase_figures(results)
+    ratio = {}
+    for key in ("warmup", "finetune"):
+        figures = phases[key]
+        for kind in ("steady", "train", "wall"):
+            ratio[f"{key}_{kind}_vs_ceiling"] = _ratio(figures[f"project_{kind}"], figures["ceiling"])
+            ratio[f"{key}_{kind}_vs_seed"] = _ratio(figures[f"project_{kind}"], figures[f"seed_{kind}"])
+    cache = phases["cache"]
+    ratio["cache_wall_vs_ceiling"] = _ratio(cache["project_wall"], cache["ceiling"])
+    ratio["cache_speedup_vs_seed_wall"] = _ratio(cache["project_wall"], cache["seed_wall"])
+    ratio["cache_wall_vs_augmented_wall"] = _ratio(cache["project_wall"], phases["warmup"]["project_wall"])
+    seed_accuracy = _get(seed, "finetune", "val_accuracy") if _get(seed, "finetune") else _get(
+        seed, "warmup", "val_accuracy")
+    project_accuracy = _get(results, "project_aug", "accuracy")
+    accuracy = {
+        "seed": seed_accuracy,
+        "project": project_accuracy,
+        "project_minus_seed": None if seed_accuracy is None or project_accuracy is None
+        else project_accuracy - seed_accuracy,
     }
-    figures = {"ratio": ratio, "serving": {}}
+    figures = {"phases": phases, "ratio": ratio, "accuracy": accuracy, "serving": {},
+               "memory": _memory_figures(results)}
     if serving and ceil:
         levels = {level["clients"]: level for level in serving["levels"]}
         raw = ceil["latency_b1_ms"]
@@ -61,6 +95,25 @@ def derive(results: dict) -> dict:
         if 8 in levels:
             figures["serving"]["c8_vs_b8"] = figures["serving"]["levels"][8]["vs_b8"]
     return figures
+
+
+def _memory_figures(results: dict) -> dict:
+    out: dict = {}
+    memory = _get(results, "project_aug", "memory")
+    if memory:
+        bound = memory["decoded_bytes"] + memory["model_bytes"]
+        growth = memory["peak_rss"] - memory["baseline_rss"]
+        out.update(worker_growth=growth, worker_bound=bound, worker_growth_vs_bound=_ratio(float(growth), bound))
+    steps = _get(results, "serving", "memory", "steps")
+    cache_size = _get(results, "serving", "memory", "cache_size")
+    if steps and cache_size and cache_size > 1 and len(steps) >= cache_size + 1:
+        rss = [step["rss"] for step in steps]  # rss[i]: i + 1 distinct models asked for
+        # memory added per cached model, from one model loaded to the cache's size
+        per_model = (rss[cache_size - 1] - rss[0]) / (cache_size - 1)
+        past = max(rss[cache_size:]) - rss[cache_size - 1]
+        out.update(api_per_model=per_model, api_past_cache=past,
+                   api_past_cache_vs_per_model=_ratio(float(past), per_model) if per_model else None)
+    return out
 
 
 def _fmt(value, digits: int = 1, suffix: str = "") -> str:
@@ -115,54 +168,90 @@ def _passes(ceil: dict) -> str:
     ) if passes else NA
 
 
+def _mb(value) -> str:
+    return NA if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def _passes_of(results: dict, key: str) -> list[float]:
+    """Every measured pass of one ceiling figure, the bench's and the worker's."""
+    passes = [p.get(key) for p in (_get(results, "ceilings", "passes") or [])]
+    passes += [p.get(key) for p in (_get(results, "project_aug", "ceilings", "passes") or [])]
+    return [v for v in passes if v is not None and not math.isnan(v)]
+
+
 def _training(results: dict, figures: dict) -> list[str]:
-    ceil, seed = results.get("ceilings") or {}, results.get("seed") or {}
-    aug = _get(results, "project_aug", "phases", default={})
-    cache = _get(results, "project_cache", "phases", default={})
-    ratio = figures["ratio"]
-    header = ["phase", "ceiling", "seed steady", "seed fit wall", "project steady", "project reported",
-              "project wall", "project / ceiling", "project / seed (steady)", "project / seed (wall)"]
-    rows = [
-        ["1 warmup, augmented", _fmt(ceil.get("phase1_step_ips")), _fmt(_get(seed, "warmup", "steady_ips")),
-         _fmt(_get(seed, "warmup", "fit_ips")), _fmt(_get(aug, "warmup", "steady_ips")),
-         _fmt(_get(aug, "warmup", "reported_ips")), _fmt(_get(aug, "warmup", "wall_ips")),
-         _x(ratio["warmup_aug_vs_ceiling"]), _x(ratio["warmup_aug_vs_seed"]), _x(ratio["warmup_aug_vs_seed_wall"])],
-        ["1 warmup, no augmentation (feature cache)", _fmt(ceil.get("forward_ips")), NA,
-         _fmt(_get(seed, "warmup", "fit_ips")), NA, _fmt(_get(cache, "warmup", "reported_ips")),
-         _fmt(_get(cache, "warmup", "wall_ips")), _x(ratio["warmup_cache_vs_forward"]) + " (wall)", NA,
-         _x(ratio["warmup_cache_vs_seed_wall"])],
-        ["2 finetune, augmented", _fmt(ceil.get("phase2_step_ips")), _fmt(_get(seed, "finetune", "steady_ips")),
-         _fmt(_get(seed, "finetune", "fit_ips")), _fmt(_get(aug, "finetune", "steady_ips")),
-         _fmt(_get(aug, "finetune", "reported_ips")), _fmt(_get(aug, "finetune", "wall_ips")),
-         _x(ratio["finetune_vs_ceiling"]), _x(ratio["finetune_vs_seed"]), _x(ratio["finetune_vs_seed_wall"])],
-    ]
+    ceil, seed = project_ceilings(results), results.get("seed") or {}
+    run_ceil = results.get("ceilings") or {}
+    phases, ratio = figures["phases"], figures["ratio"]
+    header = ["phase", "ceiling", "seed steady / train / wall", "project steady / train / wall",
+              "project / ceiling (steady / **train** / wall)", "project / seed (steady / **train** / wall)"]
+
+    def triple(values, fmt) -> str:
+        return " / ".join(fmt(v) for v in values)
+
+    rows = []
+    for key, label, ceiling_label in (("warmup", "1 warmup, augmented", "forward"),
+                                      ("finetune", "2 finetune, augmented", "phase-2 step")):
+        f = phases[key]
+        rows.append([
+            label, f"{_fmt(f['ceiling'])} ({ceiling_label})",
+            triple((f["seed_steady"], f["seed_train"], f["seed_wall"]), _fmt),
+            triple((f["project_steady"], f["project_train"], f["project_wall"]), _fmt),
+            triple((ratio[f"{key}_{kind}_vs_ceiling"] for kind in ("steady", "train", "wall")), _x),
+            triple((ratio[f"{key}_{kind}_vs_seed"] for kind in ("steady", "train", "wall")), _x),
+        ])
+    cache = phases["cache"]
+    rows.append([
+        "1 warmup, no augmentation (feature cache)", f"{_fmt(cache['ceiling'])} (forward)",
+        f"— / — / {_fmt(cache['seed_wall'])} (the seed's augmented phase 1)",
+        f"— / — / {_fmt(cache['project_wall'])}", f"— / — / {_x(ratio['cache_wall_vs_ceiling'])}",
+        f"— / — / **{_x(ratio['cache_speedup_vs_seed_wall'])}**",
+    ])
+    aug_ips, forward = ceil.get("augment_ips"), ceil.get("forward_ips")
+    shared = 1 / (1 / forward + 1 / aug_ips) if aug_ips and forward and not math.isnan(aug_ips) else None
+    history = _get(results, "project_aug", "history", default=[])
+    seconds = {phase: sum(row["seconds"] for row in history if row["phase"] == phase) for phase in ("warmup", "finetune")}
     return [
         "## Training throughput (images/s)",
         "",
         *_table(header, rows),
         "",
-        "- **ceiling**: the project's model on a fixed random batch, median of timed calls after warm-up, "
-        "measured twice (at the start and at the end of the run), the better pass kept "
-        "(phase 1: `train_on_batch`, backbone frozen, RMSprop; phase 2: `train_on_batch`, layers from "
-        f"index {ceil.get('unfreeze_index', NA)} trainable, SGD; feature-cache row: `model(x, training=False)` "
-        "in a `tf.function`).",
-        "- **steady**: images / time between consecutive training-batch ends, each epoch's first batch left out "
-        "(input pipeline and augmentation in; tracing, epoch start and validation out). Same definition for "
-        "the seed (a Keras 2 callback) and the project (its `progress` callback).",
-        "- **seed fit wall**: images seen / wall time of the phase's `model.fit` (tracing, augmentation and "
-        "per-epoch validation in). **project wall**: epochs × train images / the project's own "
-        "`timings[\"<phase>_s\"]` (for the feature cache, feature extraction included). **project reported**: "
-        "the project's own `timings[\"images_per_s\"]`.",
-        f"- ceiling passes (start / end of the run): {_passes(ceil)}.",
-        "- With few epochs on a small set, the wall figures are dominated by fixed costs (tracing, the first "
-        "call); the steady figures are the per-batch rate.",
+        "- **ceiling**: the project's model on a fixed random batch, median of timed calls after warm-up, measured "
+        "in the project's own (worker) process right after its training, so under the same load of this shared "
+        "machine. Phase 1: the frozen forward pass (`model(x, training=False)` in a `tf.function`, batch "
+        f"{ceil.get('batch_size', NA)}); phase 2: `train_on_batch` with the layers from index "
+        f"{ceil.get('unfreeze_index', NA)} trainable, SGD. Also measured: phase-1 train step "
+        f"{_fmt(ceil.get('phase1_step_ips'))}.",
+        f"- the same ceilings measured in the bench's process at the start / end of the run: {_passes(run_ceil)}; "
+        f"against the best of every pass the project's phases reach (train) "
+        f"{_x(_ratio(phases['warmup']['project_train'], max(_passes_of(results, 'forward_ips') or [None])))} and "
+        f"{_x(_ratio(phases['finetune']['project_train'], max(_passes_of(results, 'phase2_step_ips') or [None])))}.",
+        "- **steady**: images / time between consecutive training-batch ends, each epoch's first batch left out. "
+        "**train** (judged): training images / the phase's training time, each epoch from its start to its last "
+        "batch's end, so every batch counts, the first with its tracing; the per-epoch validation is left out "
+        "(the ceilings time none). For the project this is its own `timings[\"images_per_s\"]`. "
+        "**wall**: the whole phase (Keras 2 `fit` for the seed, the project's `timings[\"<phase>_s\"]`), "
+        "validation and, for the feature cache, the feature extraction included. Same definitions on both sides.",
+        f"- the input pipeline alone (gather, the seed's augmentation as one affine resampling per image, "
+        f"preprocessing) runs at {_fmt(aug_ips)} images/s on these cores; sharing them with the frozen forward pass, "
+        f"the two together cannot beat 1 / (1/forward + 1/pipeline) = {_fmt(shared)} images/s "
+        f"({_x(_ratio(shared, forward))} of the forward ceiling).",
+        f"- the project's epochs took {_fmt(seconds['warmup'])} s (phase 1) and {_fmt(seconds['finetune'])} s "
+        f"(phase 2) in all, validation included; decoding the data set took "
+        f"{_fmt(_get(results, 'project_aug', 'load_s'))} s (the seed's loading: {_fmt(seed.get('load_s'))} s), "
+        "outside every figure above.",
         "",
-        *_table(["accuracy on the held-out split", "value"], [
-            ["seed, after phase 1 (val_accuracy)", _fmt(_get(seed, "warmup", "val_accuracy"), 3)],
-            ["seed, after phase 2 (val_accuracy)", _fmt(_get(seed, "finetune", "val_accuracy"), 3)],
-            ["project, augmented, both phases", _fmt(_get(results, "project_aug", "accuracy"), 3)],
+        *_table(["validation accuracy on the held-out split", "value"], [
+            ["seed, after phase 1", _fmt(_get(seed, "warmup", "val_accuracy"), 3)],
+            ["seed, after phase 2", _fmt(_get(seed, "finetune", "val_accuracy"), 3)],
+            ["project, augmented, after phase 1",
+             _fmt(([row.get("val_accuracy") for row in history if row["phase"] == "warmup"] or [None])[-1], 3)],
+            ["project, augmented, after phase 2", _fmt(_get(results, "project_aug", "accuracy"), 3)],
             ["project, feature cache, phase 1 only", _fmt(_get(results, "project_cache", "accuracy"), 3)],
         ]),
+        "",
+        f"Weights: {results['meta'].get('weights', NA)}. The seed splits with `train_test_split(0.25, random_state=42)`, "
+        "the project with its stratified split (seed 42): the same proportions, not the same images.",
         "",
     ]
 
@@ -185,6 +274,7 @@ def _serving(results: dict, figures: dict) -> list[str]:
     levels = [
         [str(level["clients"]), str(level["requests"]), str(level["errors"]), _fmt(level["seconds"]),
          _fmt(level["throughput"]), _fmt(level["p50_ms"]), _fmt(level["p95_ms"]),
+         _fmt(level.get("mean_batch"), 2), _fmt(level.get("server_cpu_ms"), 2), _fmt(level.get("client_cpu_ms"), 2),
          _x(derived["levels"][level["clients"]]["vs_b8"]), _x(derived["levels"][level["clients"]]["vs_b32"])]
         for level in serving["levels"]
     ]
@@ -194,21 +284,56 @@ def _serving(results: dict, figures: dict) -> list[str]:
         *_table(["figure", "value"], rows),
         "",
         *_table(["clients", "answered 200", "errors", "seconds", "requests/s", "p50 ms", "p95 ms",
+                 "images per forward", "API CPU ms/request", "client CPU ms/request",
                  "/ raw batch-8 forward", "/ raw batch-32 forward"], levels),
+        "",
+        "- **images per forward**: the micro-batcher's batch sizes (its histogram in `GET /metrics`). "
+        "**API CPU**: the API process's CPU time (all threads) per answered request; **client CPU**: the load "
+        "generator's (this process: raw keep-alive sockets in threads, `bench.serving.RawClient`), which runs on the same cores.",
         "",
     ]
 
 
-def _targets(figures: dict) -> list[str]:
+def _memory(results: dict, figures: dict) -> list[str]:
+    memory, derived = _get(results, "project_aug", "memory"), figures["memory"]
+    lines = ["## Memory", ""]
+    if memory:
+        lines += _table(["worker (the project's augmented run, in a process of its own)", "value"], [
+            ["resident before the job (Python, TensorFlow, Keras loaded)", _mb(memory["baseline_rss"])],
+            ["peak resident during the job", _mb(memory["peak_rss"])],
+            ["growth", _mb(derived.get("worker_growth"))],
+            ["decoded data set at the target size (uint8)", _mb(memory["decoded_bytes"])],
+            ["model parameters (float32)", _mb(memory["model_bytes"])],
+            ["growth / (decoded + model)", _x(derived.get("worker_growth_vs_bound"))],
+        ])
+        cache_memory = _get(results, "project_cache", "memory")
+        if cache_memory:
+            lines += ["", f"Feature-cache run: peak {_mb(cache_memory['peak_rss'])}, growth "
+                          f"{_mb(cache_memory['peak_rss'] - cache_memory['baseline_rss'])}."]
+        lines.append("")
+    steps = _get(results, "serving", "memory", "steps")
+    if steps:
+        cache_size = _get(results, "serving", "memory", "cache_size")
+        lines += _table([f"API (MODEL_CACHE_SIZE={cache_size}), after asking for", "model", "resident", "peak"], [
+            [step["after"], step["model_id"], _mb(step["rss"]), _mb(step["peak_rss"])] for step in steps
+        ])
+        lines += ["", f"One model file: {_mb(_get(results, 'serving', 'memory', 'model_file_bytes'))}. Memory per "
+                      f"cached model: {_mb(derived.get('api_per_model'))}; added past the cache size: "
+                      f"{_mb(derived.get('api_past_cache'))}.", ""]
+    return lines if len(lines) > 2 else []
+
+
+def _targets(results: dict, figures: dict) -> list[str]:
     rows = []
-    for target in TARGETS:
+    for target in targets_for(results.get("meta")):
         value, verdict = target.evaluate(figures)
-        bound = ("≥ " if target.higher_is_better else "≤ ") + _fmt(float(target.threshold), 2, target.unit)
+        bound = NA if target.threshold is None else (
+            ("≥ " if target.higher_is_better else "≤ ") + _fmt(float(target.threshold), 2, target.unit))
         rows.append([target.name, _fmt(value, 2, target.unit), bound, verdict])
     return [
         "## Targets",
         "",
-        "Provisional thresholds (`bench/targets.py`), to be replaced by issue 6's own.",
+        "Issue 6's targets (`bench/targets.py`); training throughput judged on the **train** figures.",
         "",
         *_table(["target", "measured", "wanted", "result"], rows),
         "",
@@ -220,13 +345,15 @@ def render(results: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m bench.run`). Every figure below comes from one run in one "
-        "process, side by side; on a shared machine only the ratios are meaningful.",
+        "Written by `make bench` (`python -m bench.run`). Every figure below comes from one run, side by side "
+        "(the project's training in a child process of its own, as a worker's); on a shared machine only the "
+        "ratios are meaningful.",
         "",
         *_environment(results["meta"]),
         *_training(results, figures),
         *_serving(results, figures),
-        *_targets(figures),
+        *_memory(results, figures),
+        *_targets(results, figures),
     ]
     if results.get("errors"):
         lines += ["## Sections that failed", ""]
@@ -242,24 +369,23 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ceil, seed = results.get("ceilings") or {}, results.get("seed") or {}
-    aug = _get(results, "project_aug", "phases", default={})
-    cache = _get(results, "project_cache", "phases", default={})
-    phases = ["phase 1\naugmented", "phase 1\nfeature cache", "phase 2\naugmented"]
+    ceil = results.get("ceilings") or {}
+    phases = derive(results)["phases"]
+    names = ["warmup", "cache", "finetune"]
+    labels = ["phase 1\naugmented", "phase 1\nfeature cache", "phase 2\naugmented"]
     bars = {
-        "ceiling": [ceil.get("phase1_step_ips"), ceil.get("forward_ips"), ceil.get("phase2_step_ips")],
-        "seed (steady)": [_get(seed, "warmup", "steady_ips"), None, _get(seed, "finetune", "steady_ips")],
-        "seed (fit wall)": [_get(seed, "warmup", "fit_ips"), None, _get(seed, "finetune", "fit_ips")],
-        "project (steady)": [_get(aug, "warmup", "steady_ips"), None, _get(aug, "finetune", "steady_ips")],
-        "project (wall)": [_get(aug, "warmup", "wall_ips"), _get(cache, "warmup", "wall_ips"),
-                           _get(aug, "finetune", "wall_ips")],
+        "ceiling": [phases[n]["ceiling"] for n in names],
+        "seed (train)": [phases["warmup"]["seed_train"], None, phases["finetune"]["seed_train"]],
+        "seed (wall)": [phases[n]["seed_wall"] for n in names],
+        "project (train)": [phases["warmup"]["project_train"], None, phases["finetune"]["project_train"]],
+        "project (wall)": [phases[n]["project_wall"] for n in names],
     }
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / len(bars)
     for number, (label, values) in enumerate(bars.items()):
-        xs = [i + (number - (len(bars) - 1) / 2) * width for i in range(len(phases))]
+        xs = [i + (number - (len(bars) - 1) / 2) * width for i in range(len(labels))]
         left.bar(xs, [v if v is not None else 0 for v in values], width, label=label)
-    left.set_xticks(range(len(phases)), phases)
+    left.set_xticks(range(len(labels)), labels)
     left.set_ylabel("images/s")
     left.set_title("Training throughput")
     left.legend(fontsize=8)

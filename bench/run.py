@@ -28,22 +28,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="mobilenet", help="mobilenet (default), vgg16 (the seed's), ...")
     parser.add_argument("--alpha", type=float, default=0.25, help="width multiplier (mobilenet* only)")
-    parser.add_argument("--weights", choices=["none", "imagenet"], default="none",
-                        help="none: random init, fine for timing (default)")
+    parser.add_argument("--weights", choices=["auto", "none", "imagenet"], default="auto",
+                        help="auto (default): imagenet where the backbone's weight file is on this host "
+                             "(../shared/weights, $KERAS_HOME/models, ~/.keras/models), else none (random init: "
+                             "timings hold, accuracies mean little)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup-epochs", type=int, default=2)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--warmup-epochs", type=int, default=5)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--unfreeze-from", default=None, help="layer index or name (default: the backbone's)")
     parser.add_argument("--data", type=Path, default=None, help="a class-per-folder dataset (default: generated)")
-    parser.add_argument("--classes", type=int, default=5, help="generated dataset: classes")
-    parser.add_argument("--per-class", type=int, default=40, help="generated dataset: images per class")
+    parser.add_argument("--classes", type=int, default=17, help="generated dataset: classes")
+    parser.add_argument("--per-class", type=int, default=60, help="generated dataset: images per class")
     parser.add_argument("--requests", type=int, default=100, help="one-client /predict latency requests")
     parser.add_argument("--level-requests", type=int, default=200, help="most requests per concurrency level")
     parser.add_argument("--level-seconds", type=float, default=20.0, help="most seconds per concurrency level")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per ceiling")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--cache-models", type=int, default=2,
+                        help="API memory check: MODEL_CACHE_SIZE, and one model more than it is loaded in turn")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["ceilings", "seed", "project", "serving"], help="leave a section out")
     return parser.parse_args(argv)
@@ -62,6 +66,29 @@ def use_shared_weights() -> None:
     for source in SHARED_WEIGHTS.iterdir():
         (home / "models" / source.name).symlink_to(source)
     os.environ["KERAS_HOME"] = str(home)
+
+
+def _weight_file(backbone: str, alpha: float, size: int) -> str | None:
+    """The Keras file name of the ImageNet weights without top, for the backbones the bench knows."""
+    if backbone == "mobilenet":
+        alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha)
+        rows = size if size in (128, 160, 192, 224) else 224
+        return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5" if alpha_text else None
+    if backbone == "vgg16":
+        return "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    return None
+
+
+def resolve_weights(args: argparse.Namespace) -> str:
+    """``--weights auto``: imagenet when the weight file is on this host (no download), else none."""
+    if args.weights != "auto":
+        return args.weights
+    name = _weight_file(args.backbone, args.alpha, args.image_size)
+    if name is None:
+        return "none"
+    homes = [Path(os.environ["KERAS_HOME"]) / "models"] if "KERAS_HOME" in os.environ else []
+    homes += [Path.home() / ".keras" / "models", SHARED_WEIGHTS]
+    return "imagenet" if any((home / name).is_file() for home in homes) else "none"
 
 
 def build_spec(args: argparse.Namespace):
@@ -106,6 +133,9 @@ def machine(command: str, spec, dataset: str) -> dict:
                   f"{spec.weights}, head Dense({spec.head.units}), unfreeze from {spec.unfreeze_index}, "
                   f"{spec.warmup.epochs} + {spec.finetune.epochs} epochs"),
         "dataset": dataset,
+        "backbone": spec.backbone,
+        "alpha": spec.effective_alpha,
+        "weights": spec.weights,
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "load_average_start": os.getloadavg(),
     }
@@ -136,13 +166,14 @@ class Sections:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.weights = resolve_weights(args)
     if args.weights == "imagenet":
         use_shared_weights()
     from bench import report
 
     started = time.perf_counter()
     out = (args.out if args.out.is_absolute() else ROOT / args.out).resolve()
-    for leftover in ("data", "models", "serving"):  # this run's own, never a user's --data
+    for leftover in ("data", "models", "serving", "project"):  # this run's own, never a user's --data
         shutil.rmtree(out / leftover, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     data_dir, dataset = _dataset(args, out)
@@ -170,10 +201,11 @@ def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, o
     results = sections.results
     ceiling_passes = [sections.run("ceilings", lambda: _ceilings(spec, classes, args))]
     results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec)))
-    project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, augment=True), group="project")
-    results["project_aug"] = _as_dict(project_aug)
-    results["project_cache"] = _as_dict(sections.run(
-        "project_cache", lambda: _project(data_dir, spec, augment=False), group="project"))
+    project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, out, args, classes, augment=True),
+                               group="project")
+    results["project_aug"] = project_aug
+    results["project_cache"] = sections.run(
+        "project_cache", lambda: _project(data_dir, spec, out, args, classes, augment=False), group="project")
     if project_aug is not None:
         results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
     elif "serving" not in args.skip:
@@ -216,25 +248,27 @@ def _seed(data_dir: Path, spec):
     return run_seed_recipe(data_dir, spec)
 
 
-def _project(data_dir: Path, spec, *, augment: bool):
-    from bench.project import run_project
+def _project(data_dir: Path, spec, out: Path, args, classes: int, *, augment: bool) -> dict:
+    """The project's training in a child process (a worker's), which also reports its peak memory."""
+    from bench.project import run_in_child
 
     if augment:
-        return run_project(data_dir, spec, label="augmented, both phases")
+        return run_in_child(data_dir, spec, label="augmented, both phases", work_dir=out / "project",
+                            model_dir=out / "models", copies=args.cache_models + 1, classes=classes,
+                            ceilings={"calls": max(3, args.calls // 2), "max_seconds": 10.0})
     cached = spec.model_copy(update={"augmentation": None, "finetune": None})
-    return run_project(data_dir, cached, label="no augmentation (feature cache), phase 1 only")
+    return run_in_child(data_dir, cached, label="no augmentation (feature cache), phase 1 only",
+                        work_dir=out / "project")
 
 
-def _serving(project_run, out: Path, args):
+def _serving(project_run: dict, out: Path, args):
     from bench.data import sample_jpeg
-    from bench.project import save_model
     from bench.serving import measure_serving
 
-    model_dir = out / "models"
-    model_id = save_model(project_run, model_dir)
     image = sample_jpeg(out / "predict.jpg", size=224)
-    return measure_serving(model_dir, model_id, image, out / "serving", requests=args.requests,
-                           level_requests=args.level_requests, level_seconds=args.level_seconds)
+    return measure_serving(out / "models", project_run["model_ids"], image, out / "serving", requests=args.requests,
+                           level_requests=args.level_requests, level_seconds=args.level_seconds,
+                           cache_models=args.cache_models)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ BatchNorm backbone (MobileNet) the unfrozen BatchNorm layers run in training mod
 phase 2 (VGG16, the seed's, has none); the project keeps them in inference mode.
 
 Timing (per phase): ``fit_s`` is the wall time of ``model.fit`` (augmentation,
-training, validation at each epoch end, first-call tracing); ``steady_ips`` is
+training, validation at each epoch end, first-call tracing); ``train_s`` the same
+without the validations (each epoch from its start to its last batch's end); ``steady_ips`` is
 ``bench.timing.steady_ips`` over the batch-end clocks (each epoch's first batch
 left out; input pipeline and augmentation in, validation out) — the same
 definition the bench applies to the project's run.
@@ -75,12 +76,17 @@ class PhaseResult:
     images: int  # training images seen (counted: a short last batch may be drawn)
     fit_s: float
     steady_ips: float  # see the module docstring
+    train_s: float  # sum over epochs of (last batch end - epoch begin): training with tracing, without validation
     val_accuracy: float
     history: dict = field(default_factory=dict)
 
     @property
     def fit_ips(self) -> float:
         return self.images / self.fit_s if self.fit_s else 0.0
+
+    @property
+    def train_ips(self) -> float:
+        return self.images / self.train_s if self.train_s else 0.0
 
 
 @dataclass
@@ -98,6 +104,7 @@ class SeedResult:
         for phase in ("warmup", "finetune"):
             if out[phase] is not None:
                 out[phase]["fit_ips"] = getattr(self, phase).fit_ips
+                out[phase]["train_ips"] = getattr(self, phase).train_ips
         return out
 
 
@@ -208,8 +215,10 @@ def _batch_clock(tf_keras):
         def __init__(self):
             super().__init__()
             self.epochs: list[list[float]] = []
+            self.begins: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
+            self.begins.append(time.perf_counter())
             self.epochs.append([])
 
         def on_train_batch_end(self, batch, logs=None):
@@ -241,6 +250,7 @@ def _fit_phase(tf_keras, model, aug, train, test, *, epochs: int, batch_size: in
         images=sum(size for epoch in batches for _, size in epoch),
         fit_s=fit_s,
         steady_ips=steady_ips(batches),
+        train_s=sum(ends[-1] - begin for begin, ends in zip(clock.begins, clock.epochs) if ends),
         val_accuracy=float(history.history["val_accuracy"][-1]) if epochs else float("nan"),
         history={key: [float(v) for v in values] for key, values in history.history.items()},
     )

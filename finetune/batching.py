@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -18,17 +20,32 @@ class _Request:
 
 
 class MicroBatcher:
-    """Waits at most `max_wait_s` after the first request for more, up to `max_batch` images, then
-    runs them through the predictor at once on its own thread. Its loop ends when idle, so an
-    evicted model is not kept alive by its batcher."""
+    """Runs the queued requests through the predictor at once, up to `max_batch` images, on its own
+    thread. A batch waits for more only while a request is known to be on its way (`expect()`, e.g.
+    while its images decode), and at most `max_wait_s` after its first request: a lone request runs
+    at once instead of idling out the wait. While a batch runs, later requests queue for the next.
+    Its loop ends when idle, so an evicted model is not kept alive by its batcher."""
 
-    def __init__(self, predictor, *, max_batch: int, max_wait_s: float):
+    def __init__(self, predictor, *, max_batch: int, max_wait_s: float,
+                 on_batch: Callable[[int, float], None] | None = None):
         self.predictor, self.max_batch, self.max_wait_s = predictor, max_batch, max_wait_s
+        self.on_batch = on_batch  # called with (images, seconds) after every forward pass
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
+        self._coming = 0  # requests announced by expect() and not yet queued (event-loop thread only)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{predictor.model_id}")
 
-    async def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def expect(self) -> None:
+        """A request is on its way (call `predict(..., expected=True)` or `unexpect()` later)."""
+        self._coming += 1
+
+    def unexpect(self) -> None:
+        """An expected request will not come (its images failed to decode, say)."""
+        self._coming = max(0, self._coming - 1)
+
+    async def predict(self, pixels: np.ndarray, *, expected: bool = False) -> np.ndarray:
+        if expected:
+            self.unexpect()
         loop = asyncio.get_running_loop()
         if self._queue is None:
             self._queue = asyncio.Queue()
@@ -47,6 +64,8 @@ class MicroBatcher:
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while size < self.max_batch:
             if self._queue.empty():
+                if self._coming <= 0:  # nothing on its way: waiting would only add latency
+                    break
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
@@ -63,7 +82,8 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while (batch := await self._collect()) is not None:
-            pixels = np.concatenate([request.pixels for request in batch])
+            pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([request.pixels for request in batch])
+            started = time.perf_counter()
             try:
                 probabilities = await loop.run_in_executor(self._executor, self.predictor.predict_pixels, pixels)
             except Exception as error:
@@ -71,6 +91,8 @@ class MicroBatcher:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
+            if self.on_batch is not None:
+                self.on_batch(len(pixels), time.perf_counter() - started)
             start = 0
             for request in batch:
                 end = start + len(request.pixels)
