@@ -26,7 +26,7 @@ from PIL import Image
 from finetune.launcher import free_port, start_api
 from tests.helpers import make_dataset_zip, make_image, make_image_bytes
 from tests.integration.reliability_support import (
-    assert_baseline_intact, child_env, make_baseline, snapshot, tiny_spec, tree_diff, upload_archive,
+    assert_baseline_intact, child_env, snapshot, tiny_spec, tree_diff, upload_archive,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,18 +35,6 @@ TIGHT = {"MAX_UPLOAD_MB": "1", "MAX_IMAGE_PIXELS": "1000000", "ARCHIVE_MAX_FILES
 
 
 # --- fixtures -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client(live_service):
-    with httpx.Client(base_url=live_service.url, timeout=120) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
-def baseline(client, live_service, tiny_dataset_zip):
-    return make_baseline(client, tiny_dataset_zip, data_dir=live_service.data_dir, model_dir=live_service.model_dir,
-                         diagnostics=lambda: live_service.worker.log_tail(60))
 
 
 @pytest.fixture(scope="module")

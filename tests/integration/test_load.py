@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.integration.reliability_support import assert_baseline_intact, make_baseline, wait_for_job
+from tests.integration.reliability_support import assert_baseline_intact, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,18 +19,6 @@ SCRIPT = Path(__file__).resolve().parents[1] / "load" / "load_test.py"
 DURATION_S = float(os.environ.get("LOAD_TEST_SECONDS", "10"))
 CONCURRENCY = 16
 RSS_GROWTH_LIMIT_MB = 200
-
-
-@pytest.fixture(scope="module")
-def client(live_service):
-    with httpx.Client(base_url=live_service.url, timeout=120) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
-def baseline(client, live_service, tiny_dataset_zip):
-    return make_baseline(client, tiny_dataset_zip, data_dir=live_service.data_dir, model_dir=live_service.model_dir,
-                         diagnostics=lambda: live_service.worker.log_tail(60))
 
 
 def test_predict_and_job_polling_under_load(live_service, client, baseline, tmp_path):

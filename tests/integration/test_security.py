@@ -12,7 +12,7 @@ import pytest
 
 from finetune.launcher import free_port, start_api
 from tests.integration.reliability_support import (
-    assert_baseline_intact, child_env, make_baseline, predict, tiny_spec,
+    assert_baseline_intact, child_env, predict, tiny_spec,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,15 +26,9 @@ WARNING = "API_KEYS is not set"
 
 
 @pytest.fixture(scope="module")
-def open_client(live_service):
-    with httpx.Client(base_url=live_service.url, timeout=120) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
-def baseline(open_client, live_service, tiny_dataset_zip):
-    return make_baseline(open_client, tiny_dataset_zip, data_dir=live_service.data_dir,
-                         model_dir=live_service.model_dir, diagnostics=lambda: live_service.worker.log_tail(60))
+def open_client(client):
+    """The shared live service runs without API_KEYS."""
+    return client
 
 
 @pytest.fixture(scope="module")

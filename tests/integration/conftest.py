@@ -1,0 +1,21 @@
+"""Fixtures of the modules that drive the shared live service (fault tests start a stack of their own)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.integration.reliability_support import make_baseline
+
+
+@pytest.fixture(scope="module")
+def client(live_service):
+    with httpx.Client(base_url=live_service.url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def baseline(client, live_service, tiny_dataset_zip):
+    """A dataset and a model made before the module's tests, to check afterwards that they are untouched."""
+    return make_baseline(client, tiny_dataset_zip, data_dir=live_service.data_dir, model_dir=live_service.model_dir,
+                         diagnostics=lambda: live_service.worker.log_tail(60))
