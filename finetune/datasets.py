@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -11,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from finetune.archive import ArchiveLimits, unpack_archive
 from finetune.dataset import scan_dataset
 from finetune.errors import Conflict, NotFound
-from finetune.storage import Location, check_id, remove_stale_temporaries
+from finetune.storage import Location, check_id
 from finetune.store import new_id, now_iso
 
 RECORD_FILE = "dataset.json"
@@ -31,10 +30,7 @@ class DatasetStore:
     def create_from_archive(self, archive_path: str | Path, *, name: str | None = None) -> dict:
         """Unpack, scan and record an uploaded archive; on any refusal nothing is left behind."""
         dataset_id = new_id()
-        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
-        staging_parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{dataset_id}-", dir=staging_parent))
-        try:
+        with self.location.publishing(dataset_id, cache_dir=self.cache_dir, record_file=RECORD_FILE) as staging:
             unpack_archive(archive_path, staging / IMAGES, limits=self.limits)
             scan = scan_dataset(staging / IMAGES, probe=True, max_pixels=self.max_pixels)
             record = {
@@ -47,22 +43,11 @@ class DatasetStore:
                 "created_at": now_iso(),
             }
             (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
-            if self.location.is_local:
-                os.replace(staging, self.location.local_path(dataset_id))
-            else:
-                target = self.location.path(dataset_id)
-                self.location.fs.put(str(staging / IMAGES), f"{target}/", recursive=True)
-                self.location.fs.put_file(str(staging / RECORD_FILE), f"{target}/{RECORD_FILE}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return record
 
     def remove_stale_staging(self, *, older_than_s: float) -> list[str]:
-        """Staging folders left by an upload whose process died (`.tmp-*`, once untouched for
-        `older_than_s`) and local deletions cut short (`.deleting-*`)."""
-        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
-        return remove_stale_temporaries(staging_parent, prefixes=(".tmp-",), older_than_s=older_than_s,
-                                        always=(".deleting-",) if self.location.is_local else ())
+        """What uploads and deletions cut short by a dead process left behind."""
+        return self.location.remove_stale_staging(self.cache_dir, older_than_s=older_than_s)
 
     def list(self) -> list[dict]:
         records = []
@@ -89,15 +74,9 @@ class DatasetStore:
     def delete(self, dataset_id: str) -> None:
         """Marks the dataset as being deleted (new jobs on it get 409), then removes it."""
         self.get(dataset_id)
-        if self.location.is_local:
-            Path(self.location.local_path(dataset_id, DELETING_FILE)).touch()
-            doomed = self.location.local_path(f".deleting-{dataset_id}-{new_id()}")
-            os.replace(self.location.local_path(dataset_id), doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            self.location.fs.pipe_file(self.location.path(dataset_id, DELETING_FILE), b"")
-            self.location.fs.rm_file(self.location.path(dataset_id, RECORD_FILE))
-            self.location.fs.rm(self.location.path(dataset_id), recursive=True)
+        self.location.fs.pipe_file(self.location.path(dataset_id, DELETING_FILE), b"")
+        self.location.remove_folder(dataset_id, record_file=RECORD_FILE,
+                                    doomed_name=f".deleting-{dataset_id}-{new_id()}")
         shutil.rmtree(self.cache_dir / dataset_id, ignore_errors=True)
 
     def images_dir(self, dataset_id: str) -> Path:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import fsspec
 
@@ -62,6 +65,54 @@ class Location:
         if not self.fs.exists(self.root):
             return []
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
+
+    def staging_parent(self, cache_dir: Path) -> Path:
+        """Where folders are assembled: inside the store locally (so a rename publishes them), else the cache."""
+        return Path(self.root) if self.is_local else Path(cache_dir)
+
+    @contextmanager
+    def publishing(self, name: str, *, cache_dir: Path, record_file: str) -> Iterator[Path]:
+        """A fresh local folder to fill. On a clean exit it becomes the folder `name` here: locally by
+        one rename, in an object store by uploading everything with `record_file` last, so a reader
+        that lists by the record never sees half a folder. On any error nothing is published, and
+        the local folder is removed either way."""
+        parent = self.staging_parent(cache_dir)
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=parent))
+        try:
+            yield staging
+            if self.is_local:
+                os.replace(staging, self.local_path(name))
+                return
+            target = self.path(name)
+            for entry in sorted(staging.iterdir()):
+                if entry.name == record_file:
+                    continue
+                if entry.is_dir():
+                    self.fs.put(str(entry), f"{target}/", recursive=True)
+                else:
+                    self.fs.put_file(str(entry), f"{target}/{entry.name}")
+            self.fs.put_file(str(staging / record_file), f"{target}/{record_file}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def remove_folder(self, name: str, *, record_file: str, doomed_name: str) -> None:
+        """Locally: renamed out of sight (to `doomed_name`), then removed. In an object store: the
+        record first, so the folder stops being listed before its other files go."""
+        if self.is_local:
+            doomed = self.local_path(doomed_name)
+            os.replace(self.local_path(name), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            self.fs.rm_file(self.path(name, record_file))
+            self.fs.rm(self.path(name), recursive=True)
+
+    def remove_stale_staging(self, cache_dir: Path, *, older_than_s: float) -> list[str]:
+        """Staging folders left by a process that died while assembling one (`.tmp-*`, once untouched
+        for `older_than_s`) and local deletions cut short (`.deleting-*`)."""
+        return remove_stale_temporaries(self.staging_parent(cache_dir), prefixes=(".tmp-",),
+                                        older_than_s=older_than_s,
+                                        always=(".deleting-",) if self.is_local else ())
 
 
 def _storage_options(url: str) -> dict:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from finetune.errors import NotFound
-from finetune.storage import Location, check_id, remove_stale_temporaries
+from finetune.storage import Location, check_id
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
@@ -67,28 +67,14 @@ class ModelStore:
              model_id: str | None = None) -> dict:
         model_id = model_id or new_id()
         manifest = build_manifest(result, model_id=model_id, job_id=job_id, dataset_id=dataset_id)
-        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
-        staging_parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{model_id}-", dir=staging_parent))
-        try:
+        with self.location.publishing(model_id, cache_dir=self.cache_dir, record_file=MANIFEST_FILE) as staging:
             result.model.save(staging / MODEL_FILE)
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-            if self.location.is_local:
-                os.replace(staging, self.location.local_path(model_id))
-            else:
-                target = self.location.path(model_id)
-                self.location.fs.put_file(str(staging / MODEL_FILE), f"{target}/{MODEL_FILE}")
-                self.location.fs.put_file(str(staging / MANIFEST_FILE), f"{target}/{MANIFEST_FILE}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return manifest
 
     def remove_stale_staging(self, *, older_than_s: float) -> list[str]:
-        """Staging folders left by a save whose process died (`.tmp-*`, once untouched for
-        `older_than_s`) and local deletions cut short (`.deleting-*`)."""
-        staging_parent = Path(self.location.root) if self.location.is_local else self.cache_dir
-        return remove_stale_temporaries(staging_parent, prefixes=(".tmp-",), older_than_s=older_than_s,
-                                        always=(".deleting-",) if self.location.is_local else ())
+        """What saves and deletions cut short by a dead process left behind."""
+        return self.location.remove_stale_staging(self.cache_dir, older_than_s=older_than_s)
 
     def list(self) -> list[dict]:
         """Every complete model, newest first."""
@@ -137,11 +123,5 @@ class ModelStore:
 
     def delete(self, model_id: str) -> None:
         self.get(model_id)
-        if self.location.is_local:
-            doomed = self.location.local_path(f".deleting-{model_id}-{new_id()}")
-            os.replace(self.location.local_path(model_id), doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            self.location.fs.rm_file(self.location.path(model_id, MANIFEST_FILE))
-            self.location.fs.rm(self.location.path(model_id), recursive=True)
+        self.location.remove_folder(model_id, record_file=MANIFEST_FILE, doomed_name=f".deleting-{model_id}-{new_id()}")
         shutil.rmtree(self.cache_dir / model_id, ignore_errors=True)
