@@ -112,15 +112,20 @@ def save_model(run: ProjectRun, model_dir: Path) -> str:
     return manifest["id"]
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 where unavailable)."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory figure of this process from Linux's /proc/self/status (None where unavailable)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (0 where unavailable)."""
+    return _proc_status_bytes("VmRSS") or 0
 
 
 def _peak_rss_bytes() -> int:
@@ -129,13 +134,7 @@ def _peak_rss_bytes() -> int:
     Not ``getrusage().ru_maxrss``: Linux carries the peak of the process image before ``exec`` over into
     it, and a child started by a big parent would report the parent's size.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_in_child(data_dir: Path, spec: TrainingSpec, *, label: str, work_dir: Path,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import httpx
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +101,20 @@ class LiveService:
         process = start_worker(env=self.env, log_path=log_path, hostname=hostname)
         self.workers.append(process)
         return process
+
+    @contextmanager
+    def extra_api(self, log_dir: Path, *, timeout: float = 120, **overrides: str) -> Iterator[httpx.Client]:
+        """A second API on this service's Redis and stores with some settings changed, and a client of
+        it (carrying `.port` and `.process`); stopped on leaving."""
+        port = free_port()
+        process = start_api(env={**self.env, **{key: str(value) for key, value in overrides.items()}},
+                            port=port, log_path=Path(log_dir) / "api.log")
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
+                client.port, client.process = port, process
+                yield client
+        finally:
+            process.stop()
 
     def start(self) -> None:
         self.start_worker()

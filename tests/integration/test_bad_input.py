@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.launcher import free_port, start_api
 from tests.helpers import make_dataset_zip, make_image, make_image_bytes
 from tests.integration.reliability_support import (
-    assert_baseline_intact, child_env, snapshot, tiny_spec, tree_diff, upload_archive,
+    assert_baseline_intact, snapshot, tiny_spec, tree_diff, upload_archive,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,15 +39,8 @@ TIGHT = {"MAX_UPLOAD_MB": "1", "MAX_IMAGE_PIXELS": "1000000", "ARCHIVE_MAX_FILES
 @pytest.fixture(scope="module")
 def tight_api(live_service, tmp_path_factory):
     """A second API on the same stores and Redis, with small limits (1 MB bodies, 1 MP images, 20 files)."""
-    port = free_port()
-    process = start_api(env=child_env(live_service.env, **TIGHT), port=port,
-                        log_path=tmp_path_factory.mktemp("tight-api") / "api.log")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-            http.port = port
-            yield http
-    finally:
-        process.stop()
+    with live_service.extra_api(tmp_path_factory.mktemp("tight-api"), **TIGHT) as http:
+        yield http
 
 
 @pytest.fixture

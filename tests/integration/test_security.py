@@ -10,9 +10,8 @@ import time
 import httpx
 import pytest
 
-from finetune.launcher import free_port, start_api
 from tests.integration.reliability_support import (
-    assert_baseline_intact, child_env, predict, tiny_spec,
+    assert_baseline_intact, predict, tiny_spec,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,15 +33,9 @@ def open_client(client):
 @pytest.fixture(scope="module")
 def secured(live_service, tmp_path_factory, baseline):
     """The API with two keys and one allowed origin, on the same Redis and stores as `live_service`."""
-    port = free_port()
-    process = start_api(env=child_env(live_service.env, API_KEYS=",".join(KEYS), CORS_ORIGINS=ORIGIN),
-                        port=port, log_path=tmp_path_factory.mktemp("secured-api") / "api.log")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-            http.process = process
-            yield http
-    finally:
-        process.stop()
+    with live_service.extra_api(tmp_path_factory.mktemp("secured-api"), API_KEYS=",".join(KEYS),
+                                CORS_ORIGINS=ORIGIN) as http:
+        yield http
 
 
 def bearer(key: str) -> dict:

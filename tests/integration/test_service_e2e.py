@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from finetune.launcher import free_port, start_api
 from tests.helpers import make_dataset_zip, make_image_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -443,31 +442,26 @@ def test_not_found_conflict_and_validation(http, tiny_run):
 
 
 def test_bodies_over_max_upload_mb_are_413(live_service, tmp_path):
-    port = free_port()
-    api = start_api(env={**live_service.env, "MAX_UPLOAD_MB": "1"}, port=port, log_path=tmp_path / "api-1mb.log")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as small:
-            big = os.urandom(1536 * 1024)
-            for path in ("/datasets", "/predict"):
-                response = small.post(path, files={"file": ("big.zip", big, "application/octet-stream")})
-                assert response.status_code == 413, (path, response.text)
-                assert response.json() == {"detail": "request body larger than 1 MB"}
+    with live_service.extra_api(tmp_path, timeout=30.0, MAX_UPLOAD_MB="1") as small:
+        big = os.urandom(1536 * 1024)
+        for path in ("/datasets", "/predict"):
+            response = small.post(path, files={"file": ("big.zip", big, "application/octet-stream")})
+            assert response.status_code == 413, (path, response.text)
+            assert response.json() == {"detail": "request body larger than 1 MB"}
 
-            def chunked():
-                boundary = "e2e-boundary"
-                yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
-                       "Content-Type: application/zip\r\n\r\n").encode()
-                for start in range(0, len(big), 64 * 1024):
-                    yield big[start:start + 64 * 1024]
-                yield f"\r\n--{boundary}--\r\n".encode()
+        def chunked():
+            boundary = "e2e-boundary"
+            yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
+                   "Content-Type: application/zip\r\n\r\n").encode()
+            for start in range(0, len(big), 64 * 1024):
+                yield big[start:start + 64 * 1024]
+            yield f"\r\n--{boundary}--\r\n".encode()
 
-            streamed = small.post("/datasets", content=chunked(),
-                                  headers={"content-type": "multipart/form-data; boundary=e2e-boundary"})
-            assert streamed.status_code == 413, streamed.text
+        streamed = small.post("/datasets", content=chunked(),
+                              headers={"content-type": "multipart/form-data; boundary=e2e-boundary"})
+        assert streamed.status_code == 413, streamed.text
 
-            fits = small.post("/datasets", files={"file": ("fits.zip", make_dataset_zip(
-                tmp_path / "fits.zip", per_class=3).read_bytes(), "application/zip")})
-            assert fits.status_code == 201, fits.text
-            assert small.get("/healthz").status_code == 200
-    finally:
-        api.stop()
+        fits = small.post("/datasets", files={"file": ("fits.zip", make_dataset_zip(
+            tmp_path / "fits.zip", per_class=3).read_bytes(), "application/zip")})
+        assert fits.status_code == 201, fits.text
+        assert small.get("/healthz").status_code == 200
