@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Histogram
 
+from app.deps import ServiceDep, SettingsDep
 from app.schemas import PredictResponse
 from finetune.batching import MicroBatcher
 from finetune.errors import TooLarge
@@ -45,19 +45,15 @@ def _batcher(request: Request, predictor, settings) -> MicroBatcher:
                         415: {"description": "not an image"}})
 async def predict(
     request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
     file: Annotated[list[UploadFile], File(description="one or more images")],
     model_id: Annotated[str | None, Form(description="default: the newest model")] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ):
-    # The app's state directly, not through (synchronous) dependencies: FastAPI runs each of those on
-    # a worker thread, a hand-off that costs more than what they do.
-    service, settings = request.app.state.service, request.app.state.settings
     if len(file) > settings.max_predict_files:
         raise TooLarge(f"{len(file)} files in one request; the limit is {settings.max_predict_files}")
-    if model_id and model_id in service.predictors.loaded_ids():
-        predictor = service.model_for_prediction(model_id)  # loaded: a manifest read, no thread hop
-    else:
-        predictor = await run_in_threadpool(service.model_for_prediction, model_id or None)
+    predictor = await run_in_threadpool(service.model_for_prediction, model_id or None)
     batcher = _batcher(request, predictor, settings)
     batcher.expect()  # a batch collecting now waits for these images while they decode
     try:
@@ -73,12 +69,10 @@ async def predict(
         raise
     probabilities = await batcher.predict(pixels, expected=True)
     request.app.state.metrics.predictions.inc(len(images))
-    # Serialised here, in the shape of PredictResponse: FastAPI's validation of the returned dict
-    # against the response model costs more than the serialising itself.
-    return Response(json.dumps({
+    return {
         "model_id": predictor.model_id,
         "results": [
             {"filename": image.name, "predictions": predictions}
             for image, predictions in zip(images, predictor.top_k(probabilities, top_k))
         ],
-    }, separators=(",", ":")), media_type="application/json")
+    }
