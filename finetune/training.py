@@ -18,7 +18,7 @@ from finetune.devices import DevicePlan, apply_precision, detect_gpus, make_stra
 from finetune.errors import JobCancelled
 from finetune.evaluation import evaluate_predictions
 from finetune.model import assemble, build_backbone, build_head, compile_for, unfreeze_from
-from finetune.pipeline import decode_dataset, make_dataset
+from finetune.pipeline import RandomAffine, decode_dataset, make_dataset
 from finetune.spec import PhaseSpec, TrainingSpec
 
 # Keras' own clipping of probabilities in its cross-entropy, so val_loss reads as Keras would report it.
@@ -304,20 +304,11 @@ def train(
     pixels = decoded.pixels if isinstance(decoded.pixels, np.memmap) else tf.convert_to_tensor(decoded.pixels)
     decoded.pixels = None  # one copy of the images: the tensor (or the memory map)
 
-    def dataset(indices, *, augment: bool, shuffle: bool, epochs: int = 1):
-        return make_dataset(
-            pixels,
-            decoded.labels,
-            subset=indices,
-            batch_size=batch_size,
-            preprocess=preprocess,
-            augmentation=spec.augmentation if augment else None,
-            shuffle_seed=spec.seed if shuffle else None,
-            epochs=epochs,
-        )
+    augment = RandomAffine(spec.augmentation, then=preprocess) if spec.augmentation is not None else None
 
     def train_stream(epochs: int) -> tf.data.Dataset:
-        return dataset(train_idx, augment=True, shuffle=True, epochs=epochs)
+        return make_dataset(pixels, decoded.labels, subset=train_idx, batch_size=batch_size, preprocess=preprocess,
+                            augmentation=augment, shuffle_seed=spec.seed, epochs=epochs)
 
     images = _Images(pixels, preprocess, batch_size)
     batches = int(np.ceil(len(train_idx) / batch_size))

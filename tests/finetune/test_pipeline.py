@@ -9,7 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 from finetune.dataset import scan_dataset
-from finetune.pipeline import RandomAffine, decode_dataset, make_dataset
+from finetune.backbones import BACKBONES, get_backbone
+from finetune.pipeline import RandomAffine, bilinear_resample, decode_dataset, make_dataset
 from finetune.spec import AugmentationSpec
 from tests.helpers import make_image
 
@@ -249,3 +250,36 @@ def test_random_affine_config_round_trips():
     clone = RandomAffine.from_config(layer.get_config())
     assert clone.spec == spec
     assert clone.name == "augment"
+
+
+@pytest.mark.parametrize("shape", [(6, 32, 32, 3), (3, 20, 36, 3), (2, 17, 9, 1)])
+def test_bilinear_resample_matches_tensorflows_projective_transform(shape):
+    """The compiled resampling computes what ImageProjectiveTransformV3 (bilinear, nearest fill) does,
+    for the transforms the augmentation draws, flips included, and for any projective rows."""
+    tf.random.set_seed(3)
+    images = tf.random.uniform(shape, 0, 255)
+    spec = AugmentationSpec(rotation=40, width_shift=0.3, height_shift=0.3, shear=25, zoom=0.4)
+    drawn = RandomAffine(spec).transforms(shape[0], float(shape[1]), float(shape[2]))
+    projective = tf.concat([drawn[:, :6], tf.random.uniform([shape[0], 2], -0.01, 0.01)], axis=1)
+    compiled = tf.function(bilinear_resample, jit_compile=True)
+    for transforms in (drawn, projective):
+        expected = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="NEAREST")
+        np.testing.assert_allclose(compiled(images, transforms).numpy(), expected.numpy(), atol=0.01)
+
+
+def test_random_affine_takes_uint8_and_applies_then_in_the_same_function():
+    images = gradient_images(4).astype(np.uint8)
+    layer = RandomAffine(AugmentationSpec(**NO_AUGMENTATION), then=lambda x: x / 127.5 - 1.0)
+    out = layer(tf.constant(images), training=True).numpy()
+    np.testing.assert_allclose(out, images / 127.5 - 1.0, atol=1e-4)
+    np.testing.assert_allclose(layer(tf.constant(images), training=False).numpy(), images / 127.5 - 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbones_preprocessing_compiles_with_the_augmentation(backbone):
+    images = tf.constant(gradient_images(2).astype(np.uint8))
+    preprocess = get_backbone(backbone).preprocess()
+    out = RandomAffine(AugmentationSpec(**NO_AUGMENTATION), then=preprocess)(images, training=True).numpy()
+    np.testing.assert_allclose(out, preprocess(images.numpy().astype(np.float32)), atol=1e-3)
