@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
             return FileResponse(STATIC_DIR / "index.html")
 
     app.add_middleware(EarlyApiKeyCheck, keys=settings.api_key_list)
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(app.state.metrics.middleware)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])

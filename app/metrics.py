@@ -6,7 +6,6 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from starlette.requests import Request
 
 
 class JobsCollector:
@@ -36,11 +35,26 @@ class AppMetrics:
         self.predictions = Counter("finetune_predictions", "Images classified", registry=self.registry)
         self.registry.register(JobsCollector(service_getter))
 
-    async def middleware(self, request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.requests.labels(request.method, path, str(response.status_code)).inc()
-        self.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    def middleware(self, app):
+        """Counts and times every HTTP request by route template, as a plain ASGI middleware
+        (Starlette's BaseHTTPMiddleware costs a task group and memory streams per request)."""
+
+        async def measured(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            started, status = time.perf_counter(), 500
+
+            async def recording_send(message):
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, recording_send)
+            finally:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                self.requests.labels(scope["method"], path, str(status)).inc()
+                self.latency.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+        return measured

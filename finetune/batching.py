@@ -21,19 +21,24 @@ class _Request:
 
 class MicroBatcher:
     """Runs the queued requests through the predictor at once, up to `max_batch` images, on its own
-    thread. A batch waits for more only while a request is known to be on its way (`expect()`, e.g.
+    threads. A batch waits for more only while a request is known to be on its way (`expect()`, e.g.
     while its images decode), and at most `max_wait_s` after its first request: a lone request runs
-    at once instead of idling out the wait. While a batch runs, later requests queue for the next.
-    Its loop ends when idle, so an evicted model is not kept alive by its batcher."""
+    at once instead of idling out the wait. Up to `concurrency` batches run at the same time; past
+    that, later requests queue for the next. (A small batch's forward pass leaves cores idle between
+    its many small ops; a second batch fills them: with 8 clients on 2 cores, 2 gave ~18% more
+    requests/s than 1.) Its loop ends when idle, so an evicted model is not kept alive by its batcher."""
 
-    def __init__(self, predictor, *, max_batch: int, max_wait_s: float,
+    def __init__(self, predictor, *, max_batch: int, max_wait_s: float, concurrency: int = 1,
                  on_batch: Callable[[int, float], None] | None = None):
         self.predictor, self.max_batch, self.max_wait_s = predictor, max_batch, max_wait_s
+        self.concurrency = max(1, concurrency)
         self.on_batch = on_batch  # called with (images, seconds) after every forward pass
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
         self._coming = 0  # requests announced by expect() and not yet queued (event-loop thread only)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{predictor.model_id}")
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency,
+                                            thread_name_prefix=f"predict-{predictor.model_id}")
 
     def expect(self) -> None:
         """A request is on its way (call `predict(..., expected=True)` or `unexpect()` later)."""
@@ -80,17 +85,28 @@ class MicroBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (batch := await self._collect()) is not None:
+        slots = asyncio.Semaphore(self.concurrency)
+        while True:
+            await slots.acquire()
+            batch = await self._collect()
+            if batch is None:
+                return
+            task = asyncio.get_running_loop().create_task(self._forward(batch, slots))
+            self._running.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._running.discard)
+
+    async def _forward(self, batch: list[_Request], slots: asyncio.Semaphore) -> None:
+        try:
             pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([request.pixels for request in batch])
             started = time.perf_counter()
             try:
-                probabilities = await loop.run_in_executor(self._executor, self.predictor.predict_pixels, pixels)
+                probabilities = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.predictor.predict_pixels, pixels)
             except Exception as error:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(error)
-                continue
+                return
             if self.on_batch is not None:
                 self.on_batch(len(pixels), time.perf_counter() - started)
             start = 0
@@ -99,3 +115,5 @@ class MicroBatcher:
                 if not request.future.done():
                     request.future.set_result(probabilities[start:end])
                 start = end
+        finally:
+            slots.release()

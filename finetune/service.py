@@ -58,6 +58,10 @@ class Service:
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
 
+    def loaded_model(self, model_id: str | None):
+        """The predictor from memory when recently confirmed (see PredictorCache.fresh), else None."""
+        return self.predictors.fresh(model_id)
+
     def model_for_prediction(self, model_id: str | None):
         """The loaded predictor; 409 when `model_id` names a job that has not produced its model yet."""
         try:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
     predict_max_batch: int = 32
     predict_max_wait_ms: float = 5.0
+    predict_concurrency: int = Field(default=2, ge=1, le=64,
+                                     description="forward passes of one model /predict runs at the same time")
 
     api_keys: str = Field(default="", description="comma-separated; empty means no authentication")
     cors_origins: str = Field(default="", description="comma-separated origins; empty means CORS off")

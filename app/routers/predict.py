@@ -34,7 +34,7 @@ def _batcher(request: Request, predictor, settings) -> MicroBatcher:
         sizes = _batch_sizes(request)
         batcher = predictor.batcher = MicroBatcher(
             predictor, max_batch=settings.predict_max_batch, max_wait_s=settings.predict_max_wait_ms / 1000,
-            on_batch=lambda images, seconds: sizes.observe(images))
+            concurrency=settings.predict_concurrency, on_batch=lambda images, seconds: sizes.observe(images))
     return batcher
 
 
@@ -53,7 +53,8 @@ async def predict(
 ):
     if len(file) > settings.max_predict_files:
         raise TooLarge(f"{len(file)} files in one request; the limit is {settings.max_predict_files}")
-    predictor = await run_in_threadpool(service.model_for_prediction, model_id or None)
+    predictor = (service.loaded_model(model_id or None)
+                 or await run_in_threadpool(service.model_for_prediction, model_id or None))
     batcher = _batcher(request, predictor, settings)
     batcher.expect()  # a batch collecting now waits for these images while they decode
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import finetune.batching as batching
 import finetune.predictor as predictor_module
 from finetune.batching import MicroBatcher
 from finetune.errors import BadImage, NotAnImage, NotFound
-from finetune.predictor import BATCH_BUCKETS, ImageInput, Predictor, PredictorCache, bucket_for
+from finetune.predictor import WARM_BATCH_SIZES, ImageInput, Predictor, PredictorCache
 from finetune.store import ModelStore
 from tests.helpers import make_image_bytes
 
@@ -49,25 +50,10 @@ def predictor(saved_model):
     return predictor
 
 
-# --- bucket_for ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("count", "bucket"), [(0, 1), (1, 1), (2, 2), (3, 4), (5, 8), (16, 16), (17, 32),
-                                               (32, 32), (33, 32), (1000, 32)])
-def test_bucket_for_rounds_up_to_the_next_bucket(count, bucket):
-    assert bucket_for(count) == bucket
-
-
-def test_bucket_for_with_custom_buckets():
-    assert bucket_for(3, (1, 2)) == 2
-    assert bucket_for(2, (2, 6)) == 2
-    assert bucket_for(3, (2, 6)) == 6
-
-
-def test_buckets_are_capped_by_max_batch(saved_model):
+def test_warm_sizes_are_capped_by_max_batch(saved_model):
     store, manifest = saved_model
-    assert Predictor(store.model_file(manifest["id"]), manifest, max_batch=4).buckets == (1, 2, 4)
-    assert Predictor(store.model_file(manifest["id"]), manifest).buckets == BATCH_BUCKETS
+    assert Predictor(store.model_file(manifest["id"]), manifest, max_batch=4).warm_sizes == (1, 2, 4)
+    assert Predictor(store.model_file(manifest["id"]), manifest).warm_sizes == WARM_BATCH_SIZES
 
 
 # --- Predictor ---------------------------------------------------------------------------
@@ -120,9 +106,9 @@ def test_an_image_gives_the_same_probabilities_alone_or_in_a_batch(predictor):
     np.testing.assert_allclose(together[3], alone[0], atol=1e-6)
 
 
-def test_predict_pixels_handles_more_than_the_largest_bucket(predictor):
+def test_predict_pixels_handles_more_than_max_batch(predictor):
     pixels = np.stack([predictor.load_pixels(colour_input(c, seed=i), max_pixels=10**7)
-                       for i, c in enumerate(CLASSES * 7)])  # 21 images, buckets up to 8
+                       for i, c in enumerate(CLASSES * 7)])  # 21 images, max_batch 8
     probabilities = predictor.predict_pixels(pixels)
     assert probabilities.shape == (21, 3)
     assert [CLASSES[i] for i in probabilities.argmax(axis=1)] == CLASSES * 7
@@ -134,13 +120,22 @@ def test_predict_pixels_of_nothing_is_an_empty_array(predictor):
     assert out.shape == (0, 3)
 
 
-def test_warm_up_traces_every_bucket_so_requests_do_not_retrace(predictor):
-    assert set(predictor._concrete) == set(predictor.buckets) == {1, 2, 4, 8}
+def test_warm_up_traces_once_so_no_batch_size_retraces(predictor):
+    assert predictor.warm_sizes == (1, 2, 4, 8)
     traced = predictor._forward.experimental_get_tracing_count()
-    assert traced >= 1
-    for count in (3, 1, 8, 5, 13):
+    assert traced == 1
+    for count in (3, 1, 8, 5, 13, 7):
         predictor.predict_pixels(np.zeros((count, 32, 32, 3), np.uint8))
     assert predictor._forward.experimental_get_tracing_count() == traced
+
+
+def test_each_batch_runs_at_its_own_size_not_padded(predictor, monkeypatch):
+    sizes = []
+    concrete = predictor._concrete
+    monkeypatch.setattr(predictor, "_concrete", lambda pixels: sizes.append(int(pixels.shape[0])) or concrete(pixels))
+    for count in (3, 5, 13):
+        assert predictor.predict_pixels(np.zeros((count, 32, 32, 3), np.uint8)).shape == (count, 3)
+    assert sizes == [3, 5, 8, 5]
 
 
 def test_the_same_preprocessing_as_training_is_applied(predictor):
@@ -217,8 +212,8 @@ def test_cache_loads_a_model_once_when_asked_twice(three_models, load_counter):
     first = cache.get(ids[0])
     assert cache.get(ids[0]) is first
     assert load_counter == {ids[0]: 1}
-    assert first.buckets == (1, 2)
-    assert set(first._concrete) == {1, 2}  # warmed up on load
+    assert first.warm_sizes == (1, 2)
+    assert first._concrete is not None  # warmed up on load
 
 
 def test_cache_loads_once_under_concurrent_requests(three_models, load_counter):
@@ -272,6 +267,39 @@ def test_cache_evict_forgets_a_model(three_models, load_counter):
     assert cache.loaded_ids() == []
     cache.get(a)
     assert load_counter == {a: 2}
+
+
+def test_fresh_answers_from_memory_only_within_revalidate_s(three_models, monkeypatch):
+    store, (a, b, _) = three_models
+    clock = [1000.0]
+    monkeypatch.setattr(predictor_module.time, "monotonic", lambda: clock[0])
+    cache = PredictorCache(store, size=2, max_batch=1, revalidate_s=1.0)
+    assert cache.fresh(a) is None  # never confirmed by the store
+    loaded = cache.get(a)
+    reads = []
+    monkeypatch.setattr(store, "get", lambda model_id: reads.append(model_id))
+    clock[0] += 0.9
+    assert cache.fresh(a) is loaded and cache.fresh(b) is None and cache.fresh(None) is None
+    clock[0] += 0.2  # past revalidate_s: the caller must ask the store again
+    assert cache.fresh(a) is None
+    assert reads == []
+
+
+def test_fresh_newest_and_eviction(three_models, monkeypatch):
+    store, ids = three_models
+    cache = PredictorCache(store, size=2, max_batch=1, revalidate_s=60.0)
+    newest = cache.get(None)
+    assert cache.fresh(None) is newest and newest.model_id == ids[-1]
+    cache.evict(ids[-1])  # deleted through this process: no longer served from memory
+    assert cache.fresh(None) is None and cache.fresh(ids[-1]) is None
+
+
+def test_fresh_is_none_for_a_model_evicted_by_the_lru(three_models):
+    store, (a, b, c) = three_models
+    cache = PredictorCache(store, size=1, max_batch=1, revalidate_s=60.0)
+    cache.get(a)
+    cache.get(b)  # evicts a
+    assert cache.fresh(a) is None and cache.fresh(b) is not None
 
 
 # --- MicroBatcher -------------------------------------------------------------------------
@@ -374,3 +402,35 @@ def test_the_batcher_loop_ends_when_idle_and_restarts(monkeypatch):
     first, idle_done, second = asyncio.run(main())
     assert idle_done
     assert int(first[0, 0]) == 1 and int(second[0, 0]) == 2
+
+
+class SlowPredictor(EchoPredictor):
+    """Holds each forward pass a while and records how many ran at the same time."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+
+    def predict_pixels(self, pixels):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        return super().predict_pixels(pixels)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_up_to_concurrency_batches_run_at_once_and_each_caller_gets_its_rows(concurrency):
+    slow = SlowPredictor()
+    batcher = MicroBatcher(slow, max_batch=2, max_wait_s=0.0, concurrency=concurrency)
+
+    async def main():
+        return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(12)))
+
+    results = asyncio.run(main())
+    assert slow.most_running == concurrency
+    assert sum(slow.calls) == 12 and all(size <= 2 for size in slow.calls)
+    assert [int(rows[0, 0]) for rows in results] == list(range(12))
