@@ -94,7 +94,24 @@ def derive(results: dict) -> dict:
         }
         if 8 in levels:
             figures["serving"]["c8_vs_b8"] = figures["serving"]["levels"][8]["vs_b8"]
+            figures["serving"]["c8_cpu_bound"] = _cpu_bound(levels[8], ceil, _get(results, "meta", "cores"))
     return figures
+
+
+def _cpu_bound(level: dict, ceil: dict, cores: int | None) -> dict | None:
+    """What the measured CPU per request allows at most: every core busy, nothing idle.
+
+    ``rps``: cores / (API + load-generator CPU per request); ``vs_b8``: that over the raw batch-8
+    forward; ``forward_ms``: the raw batch-8 forward's own CPU per image (the part of a request's
+    CPU that is the model's at best), ``rest_ms``: the API's CPU per request beyond it (HTTP,
+    multipart, decoding, batching, JSON; and the smaller batches' extra cost per image)."""
+    per_request = (level.get("server_cpu_ms") or math.nan) + (level.get("client_cpu_ms") or 0.0)
+    if not cores or not per_request or math.isnan(per_request):
+        return None
+    rps = 1000.0 * cores / per_request
+    forward_ms = ceil.get("forward_b8_cpu_ms")
+    return {"rps": rps, "vs_b8": _ratio(rps, ceil.get("forward_b8_ips")), "forward_ms": forward_ms,
+            "rest_ms": None if forward_ms is None else level["server_cpu_ms"] - forward_ms}
 
 
 def _memory_figures(results: dict) -> dict:
@@ -250,8 +267,12 @@ def _training(results: dict, figures: dict) -> list[str]:
             ["project, feature cache, phase 1 only", _fmt(_get(results, "project_cache", "accuracy"), 3)],
         ]),
         "",
-        f"Weights: {results['meta'].get('weights', NA)}. The seed splits with `train_test_split(0.25, random_state=42)`, "
-        "the project with its stratified split (seed 42): the same proportions, not the same images.",
+        f"Weights: {results['meta'].get('weights', NA)}. " + (
+            "The seed splits with `train_test_split(0.25, random_state=42)`, the project with its stratified split "
+            "(seed 42): the same proportions, not the same images."
+            if "--seed-split" in results["meta"].get("command", "") else
+            "Both are judged on the same held-out images: the project's stratified split (seed 42, 0.25), which the "
+            "bench hands to the seed's recipe in place of its `train_test_split` (`--seed-split` keeps the seed's)."),
         "",
     ]
 
@@ -290,8 +311,22 @@ def _serving(results: dict, figures: dict) -> list[str]:
         "- **images per forward**: the micro-batcher's batch sizes (its histogram in `GET /metrics`). "
         "**API CPU**: the API process's CPU time (all threads) per answered request; **client CPU**: the load "
         "generator's (this process: raw keep-alive sockets in threads, `bench.serving.RawClient`), which runs on the same cores.",
+        *_cpu_bound_line(derived.get("c8_cpu_bound"), ceil),
         "",
     ]
+
+
+def _cpu_bound_line(bound: dict | None, ceil: dict) -> list[str]:
+    if not bound:
+        return []
+    line = (f"- **CPU-bound limit at 8 clients**: cores / (API + client CPU per request) = {_fmt(bound['rps'])} "
+            f"requests/s, {_x(bound['vs_b8'])} of the raw batch-8 forward: the most this machine allows with every "
+            "core busy, whatever the batching.")
+    if bound.get("forward_ms") is not None:
+        line += (f" Of the API's CPU per request, the raw batch-8 forward accounts for {_fmt(bound['forward_ms'], 2)} ms "
+                 f"per image; the other {_fmt(bound['rest_ms'], 2)} ms are HTTP, multipart, JPEG decoding, batching "
+                 "and JSON, and the smaller batches' extra cost per image.")
+    return [line]
 
 
 def _memory(results: dict, figures: dict) -> list[str]:

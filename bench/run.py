@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "timings hold, accuracies mean little)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup-epochs", type=int, default=5)
+    parser.add_argument("--warmup-epochs", type=int, default=25, help="phase 1 epochs (default: the seed's 25)")
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--unfreeze-from", default=None, help="layer index or name (default: the backbone's)")
     parser.add_argument("--data", type=Path, default=None, help="a class-per-folder dataset (default: generated)")
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--cache-models", type=int, default=2,
                         help="API memory check: MODEL_CACHE_SIZE, and one model more than it is loaded in turn")
+    parser.add_argument("--seed-split", action="store_true",
+                        help="the seed's own random split (default: the project's validation images for both)")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["ceilings", "seed", "project", "serving"], help="leave a section out")
     return parser.parse_args(argv)
@@ -200,7 +202,7 @@ def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, o
     """Ceilings, seed, project (augmented, then feature cache), serving, ceilings again: in that order."""
     results = sections.results
     ceiling_passes = [sections.run("ceilings", lambda: _ceilings(spec, classes, args))]
-    results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec)))
+    results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec, own_split=args.seed_split)))
     project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, out, args, classes, augment=True),
                                group="project")
     results["project_aug"] = project_aug
@@ -242,10 +244,21 @@ def _ceilings(spec, classes: int, args):
     return measure_ceilings(spec, classes, calls=args.calls)
 
 
-def _seed(data_dir: Path, spec):
+def _seed(data_dir: Path, spec, *, own_split: bool):
     from bench.seed_recipe import run_seed_recipe
 
-    return run_seed_recipe(data_dir, spec)
+    return run_seed_recipe(data_dir, spec, validation_files=None if own_split else project_validation_files(data_dir, spec))
+
+
+def project_validation_files(data_dir: Path, spec) -> set[str]:
+    """The images the project holds out for ``spec`` (its scan and stratified split), relative to ``data_dir``.
+    Files the project would skip as undecodable are not known before it decodes, so a folder
+    with such files could shift the split by them; the bench's generated data has none."""
+    from finetune.dataset import scan_dataset, stratified_split
+
+    scan = scan_dataset(data_dir, probe=False)
+    _, validation = stratified_split(scan.labels, validation_split=spec.validation_split, seed=spec.seed)
+    return {Path(scan.files[i]).as_posix() for i in validation}
 
 
 def _project(data_dir: Path, spec, out: Path, args, classes: int, *, augment: bool) -> dict:

@@ -7,7 +7,9 @@ never imported by the service. It follows the seed line by line:
   cv2.imread gives BGR, so the channels are flipped to BGR as the seed's model saw them;
 * ``data / 255.0`` (the seed's preprocessing, not the backbone's ``preprocess_input``);
 * ``train_test_split(test_size=0.25, random_state=42)``, reproduced with numpy
-  (sklearn's ShuffleSplit permutation from ``RandomState(42)``), one-hot labels;
+  (sklearn's ShuffleSplit permutation from ``RandomState(42)``), one-hot labels; the bench
+  passes ``validation_files`` instead, the project's own (stratified, the same 0.25 share),
+  so both recipes are judged on the same held-out images (``--seed-split`` keeps the seed's);
 * ``ImageDataGenerator(rotation_range=30, width/height_shift_range=0.1,
   shear_range=0.2, zoom_range=0.2, horizontal_flip=True, fill_mode="nearest")``;
 * a base model without top, built on ``input_tensor``; FCHeadNet: Flatten ->
@@ -119,8 +121,9 @@ def aspect_aware(image: Image.Image, size: int) -> Image.Image:
     return cropped if cropped.size == (size, size) else cropped.resize((size, size), Image.BOX)
 
 
-def load_dataset(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """SimpleDatasetLoader with [AspectAwarePreprocessor, ImageToArrayPreprocessor], then /255."""
+def load_dataset(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """SimpleDatasetLoader with [AspectAwarePreprocessor, ImageToArrayPreprocessor], then /255;
+    also each image's path relative to ``root`` (posix)."""
     items = list_images(root)
     arrays = []
     for path, _ in items:
@@ -129,7 +132,8 @@ def load_dataset(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[st
         arrays.append(rgb[..., ::-1])  # cv2.imread order: BGR
     data = np.stack(arrays) / 255.0
     labels = np.array([label for _, label in items])
-    return data.astype(np.float32), labels, sorted(set(labels))
+    names = [Path(path).relative_to(root).as_posix() for path, _ in items]
+    return data.astype(np.float32), labels, sorted(set(labels)), names
 
 
 def train_test_split(data: np.ndarray, labels: np.ndarray, test_size: float = 0.25, random_state: int = 42):
@@ -265,18 +269,24 @@ def _unfreeze_index(spec: TrainingSpec, base) -> int:
     return index
 
 
-def run_seed_recipe(data_dir: Path, spec: TrainingSpec, *, verbose: int = 0) -> SeedResult:
+def run_seed_recipe(data_dir: Path, spec: TrainingSpec, *, verbose: int = 0,
+                    validation_files: set[str] | None = None) -> SeedResult:
     """Load, split, train the head (phase 1), fine-tune from ``spec.unfreeze_index`` (phase 2).
 
     From ``spec`` it takes the backbone, alpha, weights, image size, batch size, head
     units, seed and the two epoch counts; the rest is the seed's, whatever ``spec`` says.
+    ``validation_files`` (paths relative to ``data_dir``) replaces the seed's random split.
     """
     import tf_keras
 
     tf_keras.utils.set_random_seed(spec.seed)
     start = time.perf_counter()
-    data, labels, classes = load_dataset(Path(data_dir), spec.image_size)
-    trainX, testX, trainY, testY = train_test_split(data, labels, test_size=0.25, random_state=42)
+    data, labels, classes, names = load_dataset(Path(data_dir), spec.image_size)
+    if validation_files is None:
+        trainX, testX, trainY, testY = train_test_split(data, labels, test_size=0.25, random_state=42)
+    else:
+        held_out = np.array([name in validation_files for name in names])
+        trainX, testX, trainY, testY = data[~held_out], data[held_out], labels[~held_out], labels[held_out]
     trainY, testY = one_hot(trainY, classes), one_hot(testY, classes)
     load_s = time.perf_counter() - start
 

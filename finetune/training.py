@@ -285,6 +285,7 @@ def train(
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
     started = time.perf_counter()
     report(ProgressEvent("loading"))
+    keras.utils.set_random_seed(spec.seed)  # the head's initial weights, dropout and augmentation too, not only the split
 
     scan = scan_dataset(dataset_dir, probe=False, max_pixels=max_pixels)
     decoded = decode_dataset(scan, size=spec.image_size, max_pixels=max_pixels,

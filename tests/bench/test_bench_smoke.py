@@ -56,6 +56,21 @@ def test_seed_recipe_trains_and_reports(tiny_dataset):
         assert 0.0 <= phase.val_accuracy <= 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Please import `affine_transform`:DeprecationWarning")
+def test_seed_recipe_holds_out_the_projects_validation_images(tiny_dataset):
+    from bench.run import project_validation_files
+    from bench.seed_recipe import run_seed_recipe
+
+    held_out = project_validation_files(tiny_dataset, tiny_spec())
+    assert len(held_out) == 6 and all((tiny_dataset / name).is_file() for name in held_out)
+    assert {name.split("/")[0] for name in held_out} == {"class_0", "class_1", "class_2"}  # stratified: 2 each
+    one_per_class = {min(name for name in held_out if name.startswith(f"class_{i}/")) for i in range(3)}
+    spec = tiny_spec().model_copy(update={"finetune": None})
+    result = run_seed_recipe(tiny_dataset, spec, validation_files=one_per_class)
+    assert (result.num_train, result.num_test) == (21, 3)
+
+
 def test_report_renders_with_missing_sections():
     meta = {"cpu": "cpu", "cores": 2, "command": "python -m bench.run", "model": "m", "dataset": "d",
             "started": "now", "versions": {"python": "3", "tensorflow": "2", "keras": "3", "tf_keras": "2"}}

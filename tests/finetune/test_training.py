@@ -197,15 +197,26 @@ def test_no_augmentation_trains_the_head_on_cached_features(dataset, monkeypatch
 def test_no_augmentation_learns_the_colours(dataset):
     """A random-weight VGG16 (no BatchNorm, so its features do not vanish) still separates red from
     blue once the head trains on the cached features: images and labels reach the model together."""
-    import keras
-
-    keras.utils.set_random_seed(0)  # train() seeds the split and shuffle, not the weights
-    spec = tiny(backbone="vgg16", alpha=None, augmentation=None, finetune=None,
+    spec = tiny(backbone="vgg16", alpha=None, augmentation=None, finetune=None, seed=0,
                 warmup={"epochs": 30, "optimizer": "adam", "learning_rate": 0.001},
                 head={"units": 16, "dropout": 0.0})
     result = train(spec, dataset_dir=dataset)
     assert result.history[-1]["accuracy"] >= 0.9
     assert result.metrics["accuracy"] >= 0.75
+
+
+@pytest.mark.slow
+def test_the_same_spec_trains_the_same_weights_and_history(dataset):
+    """`seed` seeds the initial weights and dropout as well as the split and shuffle."""
+    spec = tiny(augmentation=None, finetune=None, warmup={"epochs": 2})
+    first, second = train(spec, dataset_dir=dataset), train(spec, dataset_dir=dataset)
+    for a, b in zip(first.history, second.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    for a, b in zip(first.model.get_weights(), second.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    other = train(spec.model_copy(update={"seed": 7}), dataset_dir=dataset)
+    assert other.history[0]["loss"] != pytest.approx(first.history[0]["loss"], rel=1e-5)
 
 
 # --- cancel ------------------------------------------------------------------------------
