@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import steady_ips
-from finetune.runner import job_process_env
 from finetune.spec import TrainingSpec
 
 
@@ -157,7 +156,7 @@ def run_in_child(data_dir: Path, spec: TrainingSpec, *, label: str, work_dir: Pa
     with open(log, "wb") as out:
         completed = subprocess.run([sys.executable, "-m", "bench.project", str(request)], stdout=out,
                                    stderr=subprocess.STDOUT, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1],
-                                   env=job_process_env())
+                                   env=os.environ.copy())
     if completed.returncode != 0 or not answer.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"the project's training exited with {completed.returncode}; its log ends:\n{tail}")

@@ -121,6 +121,12 @@ def _memory_figures(results: dict) -> dict:
         bound = memory["decoded_bytes"] + memory["model_bytes"]
         growth = memory["peak_rss"] - memory["baseline_rss"]
         out.update(worker_growth=growth, worker_bound=bound, worker_growth_vs_bound=_ratio(float(growth), bound))
+        small = _get(results, "project_small", "memory")
+        if small:
+            small_growth = small["peak_rss"] - small["baseline_rss"]
+            data_growth, data_bytes = growth - small_growth, memory["decoded_bytes"] - small["decoded_bytes"]
+            out.update(worker_fixed=small_growth, worker_data_growth=data_growth, worker_data_bytes=data_bytes,
+                       worker_data_growth_vs_decoded=_ratio(float(data_growth), data_bytes) if data_bytes > 0 else None)
     steps = _get(results, "serving", "memory", "steps")
     cache_size = _get(results, "serving", "memory", "cache_size")
     if steps and cache_size and cache_size > 1 and len(steps) >= cache_size + 1:
@@ -341,6 +347,16 @@ def _memory(results: dict, figures: dict) -> list[str]:
             ["model parameters (float32)", _mb(memory["model_bytes"])],
             ["growth / (decoded + model)", _x(derived.get("worker_growth_vs_bound"))],
         ])
+        small = _get(results, "project_small", "memory")
+        if small and derived.get("worker_fixed") is not None:
+            lines += ["", *_table(["what the growth is made of", "value"], [
+                ["the same job on 4 generated images per class, 2 + 2 epochs: growth (the working set that does not "
+                 "grow with the data: batches in flight, TensorFlow's buffers and kernels, allocator arenas)",
+                 _mb(derived["worker_fixed"])],
+                ["growth beyond it, on this data set", _mb(derived["worker_data_growth"])],
+                ["decoded bytes beyond it", _mb(derived["worker_data_bytes"])],
+                ["growth beyond it / decoded bytes beyond it", _x(derived.get("worker_data_growth_vs_decoded"))],
+            ])]
         cache_memory = _get(results, "project_cache", "memory")
         if cache_memory:
             lines += ["", f"Feature-cache run: peak {_mb(cache_memory['peak_rss'])}, growth "

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     out = (args.out if args.out.is_absolute() else ROOT / args.out).resolve()
-    for leftover in ("data", "models", "serving", "project"):  # this run's own, never a user's --data
+    for leftover in ("data", "data-small", "models", "serving", "project"):  # this run's own, never a user's --data
         shutil.rmtree(out / leftover, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     data_dir, dataset = _dataset(args, out)
@@ -208,6 +208,8 @@ def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, o
     results["project_aug"] = project_aug
     results["project_cache"] = sections.run(
         "project_cache", lambda: _project(data_dir, spec, out, args, classes, augment=False), group="project")
+    results["project_small"] = sections.run(
+        "project_small", lambda: _project_small(spec, out, classes), group="project")
     if project_aug is not None:
         results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
     elif "serving" not in args.skip:
@@ -272,6 +274,18 @@ def _project(data_dir: Path, spec, out: Path, args, classes: int, *, augment: bo
     cached = spec.model_copy(update={"augmentation": None, "finetune": None})
     return run_in_child(data_dir, cached, label="no augmentation (feature cache), phase 1 only",
                         work_dir=out / "project")
+
+
+def _project_small(spec, out: Path, classes: int) -> dict:
+    """The augmented job on 4 generated images per class, 2 + 2 epochs: its memory growth is the
+    working set that does not grow with the data (batches in flight, TensorFlow's buffers, arenas)."""
+    from bench.data import generate_dataset
+    from bench.project import run_in_child
+
+    small = generate_dataset(out / "data-small", classes=classes, per_class=4)
+    short = spec.model_copy(update={"warmup": spec.warmup.model_copy(update={"epochs": 2}),
+                                    "finetune": spec.finetune and spec.finetune.model_copy(update={"epochs": 2})})
+    return run_in_child(small, short, label="memory probe: 4 images per class", work_dir=out / "project")
 
 
 def _serving(project_run: dict, out: Path, args):

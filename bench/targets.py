@@ -85,6 +85,8 @@ def targets_for(meta: dict | None) -> list[Target]:
                lambda f: f["serving"]["errors"]),
         Target("worker: peak memory growth / (decoded dataset + model)", None, False,
                lambda f: f["memory"]["worker_growth_vs_bound"]),
+        Target("worker: growth beyond the same job on 4 images per class / decoded bytes beyond it", None, False,
+               lambda f: f["memory"]["worker_data_growth_vs_decoded"]),
         Target("API: memory added past the cache's size (two rounds of loads and evictions) / one cached model",
                1.0, False, lambda f: f["memory"]["api_past_cache_vs_per_model"]),
     ]

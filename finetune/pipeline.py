@@ -197,7 +197,7 @@ def make_dataset(
     if epochs != 1:
         indices = indices.repeat(epochs)
     label_tensor = tf.convert_to_tensor(labels, dtype=tf.int64)
-    if isinstance(pixels, np.memmap):
+    if isinstance(pixels, np.ndarray):  # gathered by numpy, in file order for a memory map
 
         def gather_pixels(batch_indices):
             out = tf.numpy_function(lambda idx: pixels[np.sort(idx)], [tf.sort(batch_indices)], tf.uint8)

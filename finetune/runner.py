@@ -28,18 +28,6 @@ from finetune.store import ModelStore, now_iso
 log = logging.getLogger("finetune.runner")
 BATCH_REPORT_INTERVAL_S = 0.5
 EXIT_OWNED_ELSEWHERE = 3
-# glibc gives allocating threads arenas of their own (up to 8 per core), and TensorFlow's thread
-# pools then keep hundreds of MB freed but not returned; two arenas cut a job's peak by ~170 MB
-# (MobileNet 0.25, 224 px, 1,020 images; BENCHMARKS.md), at no measured cost in speed.
-JOB_MALLOC_ARENAS = "2"
-
-
-def job_process_env(base: dict | None = None) -> dict:
-    """The environment of a job process: `base` (default: this process's) with MALLOC_ARENA_MAX
-    unless it sets one. It must be set before the process starts: glibc reads it once."""
-    env = dict(os.environ if base is None else base)
-    env.setdefault("MALLOC_ARENA_MAX", JOB_MALLOC_ARENAS)
-    return env
 
 
 def checkpoint_dir(settings: Settings, job_id: str) -> Path:

@@ -88,7 +88,7 @@ class _Images:
     def mapper(self, fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
         """`run(indices)`: `fn` of the preprocessed images at `indices`, in order, traced once for any indices."""
         preprocess, pixels = self.preprocess, self.pixels
-        if isinstance(pixels, np.memmap):
+        if isinstance(pixels, np.ndarray):
             traced = tf.function(lambda images: fn(preprocess(tf.cast(images, tf.float32))),
                                  input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)])
 
@@ -302,8 +302,9 @@ def train(
     jit_compile = _jit_compile()
 
     decoded_bytes = int(decoded.pixels.nbytes)
-    pixels = decoded.pixels if isinstance(decoded.pixels, np.memmap) else tf.convert_to_tensor(decoded.pixels)
-    decoded.pixels = None  # one copy of the images: the tensor (or the memory map)
+    # One copy of the images: the decoded array (or memory map), gathered batch by batch with numpy.
+    # As a tensor, TensorFlow's copy of it peaked at three times its size while converting.
+    pixels = decoded.pixels
 
     augment = RandomAffine(spec.augmentation, then=preprocess) if spec.augmentation is not None else None
 

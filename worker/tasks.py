@@ -11,7 +11,7 @@ import sys
 
 from worker.celery_app import app
 from finetune.jobs import FINAL_STATUSES, JobStore
-from finetune.runner import EXIT_OWNED_ELSEWHERE, job_process_env
+from finetune.runner import EXIT_OWNED_ELSEWHERE
 from finetune.settings import get_settings
 
 log = logging.getLogger("worker.tasks")
@@ -31,8 +31,7 @@ def _die_with_parent() -> None:
 
 
 def run_job_process(job_id: str) -> int:
-    process = subprocess.Popen([sys.executable, "-m", "finetune.runner", job_id], preexec_fn=_die_with_parent,
-                               env=job_process_env())
+    process = subprocess.Popen([sys.executable, "-m", "finetune.runner", job_id], preexec_fn=_die_with_parent)
     code = process.wait()
     if code not in (0, EXIT_OWNED_ELSEWHERE):
         # It died holding the job, and its heartbeat is still fresh: the next job process would take
