@@ -20,6 +20,7 @@ from app.routers import backbones, datasets, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.backbones import BACKBONES, describe_layers
 from finetune.errors import NotFound
+from finetune.predictor import set_threads_per_op
 from finetune.reaper import start_reaper
 from finetune.service import Service
 from finetune.settings import Settings, get_settings
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if not settings.api_key_list:
             log.warning("*** API_KEYS is not set: every route is open to anyone who can reach this port ***")
+        if not set_threads_per_op(settings.predict_threads):
+            log.warning("TensorFlow ran before the API started: PREDICT_THREADS=%d not applied", settings.predict_threads)
         await asyncio.get_running_loop().run_in_executor(None, _remove_leftovers, app.state.service, settings)
         preload = asyncio.get_running_loop().run_in_executor(None, _warm_up, app.state.service)
         reaper = start_reaper(settings, enqueue=app.state.service.enqueue)

@@ -92,8 +92,12 @@ def derive(results: dict) -> dict:
                 for clients, level in levels.items()
             },
         }
+        api_raw = _get(serving, "raw", "api") or {}
+        figures["serving"]["p50_overhead_vs_api_raw_ms"] = (
+            serving["p50_ms"] - api_raw["latency_b1_ms"] if api_raw.get("latency_b1_ms") else None)
         if 8 in levels:
             figures["serving"]["c8_vs_b8"] = figures["serving"]["levels"][8]["vs_b8"]
+            figures["serving"]["c8_vs_api_raw_b8"] = _ratio(levels[8]["throughput"], api_raw.get("forward_b8_ips"))
             figures["serving"]["c8_cpu_bound"] = _cpu_bound(levels[8], ceil, _get(results, "meta", "cores"))
     return figures
 
@@ -297,6 +301,15 @@ def _serving(results: dict, figures: dict) -> list[str]:
          f"{_fmt(serving['p50_ms'])} / {_fmt(serving['p95_ms'])} / {_fmt(serving['p99_ms'])} ms"],
         ["/predict p50 − raw batch-1 forward", _fmt(derived.get("p50_overhead_ms"), 1, " ms")],
         ["/predict p50 / raw batch-1 forward", _x(derived.get("p50_vs_raw"))],
+        *[[f"the API's Predictor without HTTP, {label}: batch-1 median / batch-8 images/s",
+           f"{_fmt(_get(serving, 'raw', key, 'latency_b1_ms'))} ms / {_fmt(_get(serving, 'raw', key, 'forward_b8_ips'))}"]
+          for key, label in (("default", "TensorFlow's default threads, one pass at a time"),
+                             ("api", f"as the API runs it ({_get(serving, 'raw', 'api', 'threads', default=NA)} "
+                                     f"thread per op, {_get(serving, 'raw', 'api', 'streams', default=NA)} passes "
+                                     "at once)"))
+          if _get(serving, "raw", key)],
+        ["/predict p50 − the API's Predictor batch-1", _fmt(derived.get("p50_overhead_vs_api_raw_ms"), 1, " ms")],
+        ["/predict 8 clients / the API's Predictor batch-8 images/s", _x(derived.get("c8_vs_api_raw_b8"))],
     ]
     levels = [
         [str(level["clients"]), str(level["requests"]), str(level["errors"]), _fmt(level["seconds"]),

@@ -62,6 +62,7 @@ class ServingResult:
     mean_ms: float
     levels: list[LoadLevel] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)  # bench.raw_predictor: "default" and "api" thread configurations
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -336,6 +337,14 @@ def measure_serving(
                 level.server_cpu_ms = 1000 * server_cpu / level.requests
                 level.client_cpu_ms = 1000 * client_cpu / level.requests
             levels.append(level)
+    from bench.raw_predictor import measure_in_child
+
+    # the same Predictor without HTTP, once with TensorFlow's default threads (one pass on every core), once
+    # as the API runs it (PREDICT_THREADS per pass, PREDICT_CONCURRENCY passes at once), the API stopped
+    defaults = Settings.model_construct()  # what the API runs with: _child_env passes no service setting
+    raw = {"default": measure_in_child(model_dir, model_id, threads=0, streams=1),
+           "api": measure_in_child(model_dir, model_id, threads=defaults.predict_threads,
+                                   streams=defaults.predict_concurrency)}
     memory = {}
     if len(model_ids) > 1:  # a fresh API: only the preloaded model in its cache
         with service(model_dir, work_dir / "memory", cache_models=cache_models) as (url, pid):
@@ -352,4 +361,5 @@ def measure_serving(
         mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
         levels=levels,
         memory=memory,
+        raw=raw,
     )

@@ -79,6 +79,8 @@ def targets_for(meta: dict | None) -> list[Target]:
                lambda f: f["serving"]["p50_overhead_ms"], " ms"),
         Target("/predict throughput, 8 clients / raw batch-8 forward", 0.7, True,
                lambda f: f["serving"]["c8_vs_b8"]),
+        Target("/predict throughput, 8 clients / the API's Predictor at batch 8 in its own thread set-up "
+               "(no HTTP)", None, True, lambda f: f["serving"]["c8_vs_api_raw_b8"]),
         Target("/predict, 8 clients: CPU-bound limit (cores / CPU per request) / raw batch-8 forward", None, True,
                lambda f: f["serving"]["c8_cpu_bound"]["vs_b8"]),
         Target("/predict errors over every request", 0.0, False,

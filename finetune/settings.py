@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from pydantic import Field
@@ -37,9 +38,13 @@ class Settings(BaseSettings):
 
     model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
     predict_max_batch: int = 32
-    predict_max_wait_ms: float = 5.0
-    predict_concurrency: int = Field(default=2, ge=1, le=64,
-                                     description="forward passes of one model /predict runs at the same time")
+    predict_max_wait_ms: float = 1.0
+    predict_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
+                                     description="forward passes of one model /predict runs at the same time "
+                                                 "(default: one per core)")
+    predict_threads: int = Field(default=1, ge=0, le=256,
+                                 description="TensorFlow threads per forward pass in the API (0: TensorFlow's "
+                                             "default, every core)")
 
     api_keys: str = Field(default="", description="comma-separated; empty means no authentication")
     cors_origins: str = Field(default="", description="comma-separated origins; empty means CORS off")

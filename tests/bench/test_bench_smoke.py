@@ -77,3 +77,19 @@ def test_report_renders_with_missing_sections():
     text = render({"meta": meta, "errors": {"serving": "RuntimeError: no API"}})
     assert "not measured" in text
     assert "RuntimeError: no API" in text
+
+
+@pytest.mark.slow
+def test_raw_predictor_measures_both_thread_set_ups_in_a_child(tmp_path):
+    from bench.raw_predictor import measure_in_child
+    from finetune.store import ModelStore
+    from tests.finetune.conftest import FakeResult, colour_classifier
+    from tests.finetune.conftest import tiny_spec as tiny_training_spec
+
+    result = FakeResult(model=colour_classifier(), spec=tiny_training_spec(backbone="vgg16", alpha=None),
+                        classes=["blue", "green", "red"])
+    manifest = ModelStore(tmp_path).save(result)
+    for threads, streams in ((0, 1), (1, 2)):
+        figures = measure_in_child(tmp_path, manifest["id"], threads=threads, streams=streams)
+        assert (figures["threads"], figures["streams"]) == (threads, streams)
+        assert figures["latency_b1_ms"] > 0 and figures["forward_b8_ips"] > 0

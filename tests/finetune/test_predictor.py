@@ -434,3 +434,24 @@ def test_up_to_concurrency_batches_run_at_once_and_each_caller_gets_its_rows(con
     assert slow.most_running == concurrency
     assert sum(slow.calls) == 12 and all(size <= 2 for size in slow.calls)
     assert [int(rows[0, 0]) for rows in results] == list(range(12))
+
+
+def test_set_threads_per_op_applies_before_tensorflow_starts_and_refuses_after():
+    """In a fresh interpreter: TensorFlow's thread pool is fixed by its first op."""
+    import subprocess
+    import sys
+
+    script = (
+        "import tensorflow as tf\n"
+        "from finetune.predictor import set_threads_per_op\n"
+        "assert set_threads_per_op(1)\n"
+        "tf.constant(1) + 1\n"
+        "assert tf.config.threading.get_intra_op_parallelism_threads() == 1\n"
+        "assert set_threads_per_op(1) and set_threads_per_op(0)\n"
+        "assert not set_threads_per_op(3)\n"
+        "assert tf.config.threading.get_intra_op_parallelism_threads() == 1\n"
+        "print('ok')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().endswith("ok")
