@@ -9,6 +9,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -39,7 +47,7 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
     predict_max_batch: int = 32
     predict_max_wait_ms: float = 1.0
-    predict_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
+    predict_concurrency: int = Field(default_factory=lambda: usable_cores(), ge=1, le=256,
                                      description="forward passes of one model /predict runs at the same time "
                                                  "(default: one per core)")
     predict_threads: int = Field(default=1, ge=0, le=256,

@@ -18,7 +18,7 @@ from finetune.devices import DevicePlan, apply_precision, detect_gpus, make_stra
 from finetune.errors import JobCancelled
 from finetune.evaluation import evaluate_predictions
 from finetune.model import assemble, build_backbone, build_head, compile_for, unfreeze_from
-from finetune.pipeline import RandomAffine, decode_dataset, make_dataset
+from finetune.pipeline import RandomAffine, decode_dataset, make_dataset, without_autotune
 from finetune.spec import PhaseSpec, TrainingSpec
 
 # Keras' own clipping of probabilities in its cross-entropy, so val_loss reads as Keras would report it.
@@ -155,7 +155,7 @@ class _Validation:
     @staticmethod
     def _on_arrays(fn: Callable, arrays: np.ndarray) -> Callable[[], np.ndarray]:
         forward = _Forward(fn, tf.TensorSpec(arrays.shape, arrays.dtype))
-        batches = tf.data.Dataset.from_tensor_slices(arrays).batch(_FEATURE_BATCH)
+        batches = without_autotune(tf.data.Dataset.from_tensor_slices(arrays).batch(_FEATURE_BATCH))
         return lambda: forward(batches)
 
     def _prepare(self) -> None:
@@ -379,8 +379,8 @@ def train(
                 raise JobCancelled("cancelled during training")
 
             def feature_train(epochs: int) -> tf.data.Dataset:
-                return tf.data.Dataset.from_tensor_slices((train_features, train_labels)).shuffle(
-                    len(train_idx), seed=spec.seed, reshuffle_each_iteration=True).batch(batch_size).repeat(epochs)
+                return without_autotune(tf.data.Dataset.from_tensor_slices((train_features, train_labels)).shuffle(
+                    len(train_idx), seed=spec.seed, reshuffle_each_iteration=True).batch(batch_size).repeat(epochs))
 
             head_validation = _Validation.of_features(head, val_features, val_labels)
             with strategy.scope():

@@ -283,3 +283,12 @@ def test_every_backbones_preprocessing_compiles_with_the_augmentation(backbone):
     preprocess = get_backbone(backbone).preprocess()
     out = RandomAffine(AugmentationSpec(**NO_AUGMENTATION), then=preprocess)(images, training=True).numpy()
     np.testing.assert_allclose(out, preprocess(images.numpy().astype(np.float32)), atol=1e-3)
+
+
+def test_the_training_stream_runs_without_tf_datas_autotuning_thread():
+    """Its iterator's destructor waited up to a minute for that thread at the end of long phases."""
+    pixels, labels = np.zeros((6, 8, 8, 3), np.uint8), np.array([0, 1] * 3)
+    for augmentation in (None, AugmentationSpec()):
+        data = make_dataset(pixels, labels, batch_size=4, preprocess=identity, augmentation=augmentation, epochs=3)
+        assert data.options().autotune.enabled is False
+        assert sum(len(batch_labels) for _, batch_labels in data.as_numpy_iterator()) == 18
