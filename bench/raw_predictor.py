@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.timing import timed_threads
 
 
 def measure(model_dir: Path, model_id: str, *, threads: int, streams: int, calls: int = 30) -> dict:
@@ -44,13 +45,7 @@ def measure(model_dir: Path, model_id: str, *, threads: int, streams: int, calls
             predictor.predict_pixels(batch)
 
     predictor.predict_pixels(batch)
-    workers = [threading.Thread(target=stream) for _ in range(streams)]
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    seconds = time.perf_counter() - started
+    seconds = timed_threads(stream, streams)
     return {"threads": threads, "streams": streams, "latency_b1_ms": statistics.median(latencies),
             "forward_b8_ips": streams * calls * len(batch) / seconds}
 

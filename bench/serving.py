@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.timing import percentile
+from bench.timing import percentile, timed_threads
 from finetune.launcher import free_port, start_api, start_redis
 from finetune.settings import Settings
 
@@ -272,13 +272,7 @@ def load_level(url: str, image: bytes, model_id: str, *, clients: int, max_reque
         finally:
             client.close()
 
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
+    seconds = timed_threads(client_loop, clients)
     return LoadLevel(
         clients=clients,
         requests=len(latencies),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -24,6 +25,17 @@ def time_calls(
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def timed_threads(target: Callable[[], object], count: int) -> float:
+    """Wall seconds for ``count`` threads running ``target`` at once, from the first start to the last end."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def percentile(values: Sequence[float], q: float) -> float:
