@@ -129,7 +129,8 @@ class RandomAffine(keras.layers.Layer):
         self.spec = spec
         self._after = then or (lambda images: images)
         self._resample = tf.function(
-            lambda images, transforms: self._after(bilinear_resample(images, transforms)), jit_compile=True)
+            lambda images, transforms: self._after(bilinear_resample(images, transforms)), jit_compile=True,
+            autograph=False)
 
     def get_config(self):
         return {**super().get_config(), "spec": self.spec.model_dump()}

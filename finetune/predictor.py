@@ -63,7 +63,8 @@ class Predictor:
         preprocess = get_backbone(manifest["backbone"]).preprocess()
         model = self.model
 
-        @tf.function(input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)])
+        @tf.function(input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)],
+                     autograph=False)  # no Python control flow to convert, and no generated file in TMPDIR
         def forward(pixels):
             return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
 

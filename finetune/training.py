@@ -64,7 +64,8 @@ class _Forward:
     `evaluate` trace again for each, and again after every compile)."""
 
     def __init__(self, fn: Callable, element: tf.TensorSpec):
-        self._call = tf.function(fn, input_signature=[tf.TensorSpec([None, *element.shape[1:]], element.dtype)])
+        self._call = tf.function(fn, input_signature=[tf.TensorSpec([None, *element.shape[1:]], element.dtype)],
+                                 autograph=False)
 
     def __call__(self, batches: tf.data.Dataset) -> np.ndarray:
         """The outputs for every batch, in order; a batch may be `x` or `(x, labels)`."""
@@ -90,7 +91,7 @@ class _Images:
         preprocess, pixels = self.preprocess, self.pixels
         if isinstance(pixels, np.ndarray):
             traced = tf.function(lambda images: fn(preprocess(tf.cast(images, tf.float32))),
-                                 input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)])
+                                 input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)], autograph=False)
 
             def call(batch):
                 order = np.argsort(batch)  # read the map in file order, then restore the batch's order
@@ -99,7 +100,7 @@ class _Images:
                 return traced(images)
         else:
             traced = tf.function(lambda rows: fn(preprocess(tf.cast(tf.gather(pixels, rows), tf.float32))),
-                                 input_signature=[tf.TensorSpec([None], tf.int64)])
+                                 input_signature=[tf.TensorSpec([None], tf.int64)], autograph=False)
 
             def call(batch):
                 return traced(tf.constant(batch))

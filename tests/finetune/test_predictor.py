@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import threading
 import time
 
@@ -455,3 +457,20 @@ def test_set_threads_per_op_applies_before_tensorflow_starts_and_refuses_after()
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().endswith("ok")
+
+
+def test_loading_and_warming_a_predictor_writes_no_file_to_tmpdir(saved_model, tmp_path):
+    """A killed API must leave nothing in its TMPDIR (the upload spool): no autograph-generated module."""
+    import subprocess
+    import sys
+
+    store, manifest = saved_model
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    script = ("import sys\nfrom pathlib import Path\nfrom finetune.predictor import Predictor\nimport json\n"
+              f"p = Predictor(Path({str(store.model_file(manifest['id']))!r}), json.loads({json.dumps(json.dumps(manifest))}))\n"
+              "p.warm_up()\nimport os\nprint(sorted(os.listdir(os.environ['TMPDIR'])))\nos._exit(0)\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "TMPDIR": str(spool)})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == "[]"
