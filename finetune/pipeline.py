@@ -181,7 +181,7 @@ class RandomAffine(keras.layers.Layer):
 
 
 def make_dataset(
-    pixels: np.ndarray | tf.Tensor,
+    pixels: np.ndarray,
     labels: np.ndarray,
     *,
     batch_size: int,
@@ -193,8 +193,8 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (preprocessed float32 images, int labels). Gathers whole batches: no Python per image.
 
-    `pixels` and `labels` are the whole decoded set; `subset` (row indices) picks a split without
-    copying the images, so the train and validation splits share one array or tensor.
+    `pixels` (uint8, in memory or memory-mapped) and `labels` are the whole decoded set; `subset`
+    (row indices) picks a split without copying the images, so the train and validation splits share one array.
     `augmentation` may be a `RandomAffine` built with `then=preprocess`, to share its compiled
     resampling between datasets (each new one compiles again, ~0.6 s on CPU).
     `epochs` passes over the split make one stream (each pass in a new order when shuffled, each
@@ -210,21 +210,12 @@ def make_dataset(
     if epochs != 1:
         indices = indices.repeat(epochs)
     label_tensor = tf.convert_to_tensor(labels, dtype=tf.int64)
-    if isinstance(pixels, np.ndarray):  # gathered by numpy, in file order for a memory map
 
-        def gather_pixels(batch_indices):
-            out = tf.numpy_function(lambda idx: pixels[np.sort(idx)], [tf.sort(batch_indices)], tf.uint8)
-            return tf.ensure_shape(out, [None, *pixels.shape[1:]])
-
-        def gather(batch_indices):
-            ordered = tf.sort(batch_indices)
-            return gather_pixels(ordered), tf.gather(label_tensor, ordered)
-
-    else:
-        pixel_tensor = pixels if isinstance(pixels, tf.Tensor) else tf.convert_to_tensor(pixels)
-
-        def gather(batch_indices):
-            return tf.gather(pixel_tensor, batch_indices), tf.gather(label_tensor, batch_indices)
+    def gather(batch_indices):
+        # numpy gathers the batch, its rows in file order (sequential reads from a memory map)
+        ordered = tf.sort(batch_indices)
+        images = tf.numpy_function(lambda rows: pixels[rows], [ordered], tf.uint8)
+        return tf.ensure_shape(images, [None, *pixels.shape[1:]]), tf.gather(label_tensor, ordered)
 
     augment = (augmentation if isinstance(augmentation, RandomAffine) or augmentation is None
                else RandomAffine(augmentation, then=preprocess))

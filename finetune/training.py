@@ -78,32 +78,25 @@ def _inference(model: keras.Model) -> Callable:
 
 
 class _Images:
-    """The decoded images (a tensor, or a memory map) fed to functions by row indices, batch by batch,
-    with the gather, the cast and the preprocessing on the function's own graph. For passes without
+    """The decoded images (a uint8 array, in memory or memory-mapped) fed to functions by row indices,
+    batch by batch, with the cast and the preprocessing on the function's own graph. For passes without
     augmentation (features, validation) this replaces a tf.data pipeline, whose threads, competing
     with the forward pass for two cores, slowed it by about a third."""
 
-    def __init__(self, pixels, preprocess: Callable, batch_size: int):
+    def __init__(self, pixels: np.ndarray, preprocess: Callable, batch_size: int):
         self.pixels, self.preprocess, self.batch_size = pixels, preprocess, batch_size
 
     def mapper(self, fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
         """`run(indices)`: `fn` of the preprocessed images at `indices`, in order, traced once for any indices."""
         preprocess, pixels = self.preprocess, self.pixels
-        if isinstance(pixels, np.ndarray):
-            traced = tf.function(lambda images: fn(preprocess(tf.cast(images, tf.float32))),
-                                 input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)], autograph=False)
+        traced = tf.function(lambda images: fn(preprocess(tf.cast(images, tf.float32))),
+                             input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)], autograph=False)
 
-            def call(batch):
-                order = np.argsort(batch)  # read the map in file order, then restore the batch's order
-                images = np.empty((len(batch), *pixels.shape[1:]), np.uint8)
-                images[order] = pixels[batch[order]]
-                return traced(images)
-        else:
-            traced = tf.function(lambda rows: fn(preprocess(tf.cast(tf.gather(pixels, rows), tf.float32))),
-                                 input_signature=[tf.TensorSpec([None], tf.int64)], autograph=False)
-
-            def call(batch):
-                return traced(tf.constant(batch))
+        def call(batch):
+            order = np.argsort(batch)  # read the array in file order, then restore the batch's order
+            images = np.empty((len(batch), *pixels.shape[1:]), np.uint8)
+            images[order] = pixels[batch[order]]
+            return traced(images)
 
         def run(indices: np.ndarray) -> np.ndarray:
             indices = np.asarray(indices, dtype=np.int64)
