@@ -18,10 +18,10 @@ WARM_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 def set_threads_per_op(threads: int) -> bool:
     """Run each TensorFlow op of this process on `threads` threads (0: TensorFlow's default, every
-    core). For serving, 1 thread per pass and one pass per core: on 2 cores MobileNet 0.25 forwarded
-    2.2x the images/s of one pass on both cores at batch 4 (733 vs 338 images/s at batch 8), and a
-    lone image in 2.8 instead of 6.4 ms: small ops lose more to handing work between threads than
-    they gain. Only possible before TensorFlow runs its first op; returns False after (nothing changed)."""
+    core). For serving, 1 thread per pass and one pass per core: on 2 cores, MobileNet 0.25 in two
+    single-thread passes at batch 4 forwarded 733 images/s, one pass on both cores at batch 8 only 338,
+    and a lone image took 2.8 instead of 6.4 ms: small ops lose more to handing work between threads
+    than they gain. Only possible before TensorFlow runs its first op; returns False after (nothing changed)."""
     if not threads:
         return True
     import tensorflow as tf

@@ -58,11 +58,8 @@ def client(stack):
 
 
 @pytest.fixture(scope="module")
-def baseline(stack, client, tmp_path_factory):
-    from tests.helpers import make_dataset_zip
-
-    archive = make_dataset_zip(tmp_path_factory.mktemp("faults-data") / "baseline.zip")
-    return make_baseline(client, archive, data_dir=stack.data_dir, model_dir=stack.model_dir,
+def baseline(stack, client, tiny_dataset_zip):
+    return make_baseline(client, tiny_dataset_zip, data_dir=stack.data_dir, model_dir=stack.model_dir,
                          diagnostics=stack.logs)
 
 
