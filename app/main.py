@@ -18,13 +18,13 @@ from app.metrics import AppMetrics
 from app.queue import make_enqueue
 from app.routers import backbones, datasets, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
-from finetune.backbones import BACKBONES, describe_layers
+from finetune.ml.backbones import BACKBONES, describe_layers
 from finetune.errors import NotFound
-from finetune.predictor import set_threads_per_op
-from finetune.reaper import start_reaper
+from finetune.ml.predictor import set_threads_per_op
+from finetune.execution.reaper import start_reaper
 from finetune.service import Service
 from finetune.settings import Settings, get_settings
-from finetune.storage import remove_stale_temporaries
+from finetune.stores.location import remove_stale_temporaries
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -56,7 +56,7 @@ def _remove_leftovers(service: Service, settings: Settings) -> None:
     older = settings.stale_temp_after_s
     try:
         removed = [
-            *remove_stale_temporaries(Path(settings.cache_dir) / "uploads", prefixes=(".upload-",),
+            *remove_stale_temporaries(settings.cache.uploads, prefixes=(".upload-",),
                                       older_than_s=older),
             *service.datasets.remove_stale_staging(older_than_s=older),
             *service.models.remove_stale_staging(older_than_s=older),
@@ -90,8 +90,8 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     app.state.settings = settings
     if enqueue is None:  # not `enqueue or ...`: a recording enqueue may be falsy (an empty list)
         enqueue = make_enqueue(settings.redis_url)
-    app.state.service = Service.from_settings(settings, enqueue=enqueue)
     app.state.metrics = AppMetrics(lambda: app.state.service)
+    app.state.service = Service.from_settings(settings, enqueue=enqueue, on_batch=app.state.metrics.observe_batch)
     install_error_handlers(app)
 
     protected = [Depends(require_api_key)]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger("app.metrics")
 
 
 class JobsCollector:
@@ -19,8 +22,8 @@ class JobsCollector:
             try:
                 for status, count in service.jobs.counts_by_status().items():
                     family.add_metric([status], count)
-            except Exception:
-                pass
+            except Exception:  # a scrape must not fail because Redis is down; say so in the log
+                log.warning("jobs by status not collected: Redis unreachable", exc_info=True)
         yield family
 
 
@@ -33,7 +36,13 @@ class AppMetrics:
                                  registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.predictions = Counter("finetune_predictions", "Images classified", registry=self.registry)
+        self.batch_images = Histogram("finetune_predict_batch_images", "Images per forward pass of /predict's micro-batcher",
+                                      registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.registry.register(JobsCollector(service_getter))
+
+    def observe_batch(self, images: int, seconds: float) -> None:
+        """The micro-batchers' `on_batch`: one observation per forward pass."""
+        self.batch_images.observe(images)
 
     def middleware(self, app):
         """Counts and times every HTTP request by route template, as a plain ASGI middleware

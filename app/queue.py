@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-TASK_NAME = "finetune.run_job"
-QUEUE = "finetune"
+from finetune.execution.protocol import JOB_QUEUE, RUN_JOB_TASK
 
 
 def make_enqueue(redis_url: str):
@@ -14,7 +13,7 @@ def make_enqueue(redis_url: str):
                        broker_transport_options={"max_retries": 1})
 
     def enqueue(job_id: str) -> None:
-        client.send_task(TASK_NAME, args=[job_id], queue=QUEUE,
+        client.send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE,
                          retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
 
     return enqueue

@@ -6,7 +6,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from finetune.spec import JobSpec
+from finetune.ml.spec import JobSpec
+from finetune.states import JobStatus, Phase
 
 T = TypeVar("T")
 
@@ -59,10 +60,10 @@ class JobError(BaseModel):
 
 class JobPublic(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     spec: dict[str, Any]
     dataset_id: str
-    phase: Literal["loading", "warmup", "finetune", "evaluating", "saving"] | None
+    phase: Phase | None
     epoch: int
     epochs: int
     batch: int

@@ -4,7 +4,7 @@ No input pipeline, no augmentation, no HTTP: only what the chip can do with the
 model. Every figure is the median over timed calls after warm-up calls (which
 absorb tracing), so a noisy neighbour skews it less than a mean would.
 
-The model is the project's own (``finetune.model.build_model``): backbone without
+The model is the project's own (``finetune.ml.network.build_model``): backbone without
 top called with training=False, Flatten -> Dense(units, relu) -> Dropout -> Dense(softmax).
 
 * forward: ``model(x, training=False)`` in a ``tf.function`` — the phase-1 bound
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bench.timing import percentile, time_calls
-from finetune.model import build_model, unfreeze_from
-from finetune.spec import TrainingSpec
+from finetune.ml.network import build_model, unfreeze_from
+from finetune.ml.spec import TrainingSpec
 
 
 @dataclass
@@ -86,10 +86,10 @@ def _train_step_fn(model, optimizer, batch: np.ndarray, labels: np.ndarray):
 
 
 def _augment_ips(spec: TrainingSpec, rng: np.random.Generator, *, images: int = 256, passes: int = 3) -> float:
-    """Images/s of ``finetune.pipeline.make_dataset`` alone (gather, the seed's augmentation, preprocessing),
+    """Images/s of ``finetune.ml.pipeline.make_dataset`` alone (gather, the seed's augmentation, preprocessing),
     on random uint8 images held in memory, best of ``passes`` passes after one untimed."""
-    from finetune.backbones import get_backbone
-    from finetune.pipeline import make_dataset
+    from finetune.ml.backbones import get_backbone
+    from finetune.ml.pipeline import make_dataset
 
     pixels = rng.integers(0, 256, (images, spec.image_size, spec.image_size, 3), dtype=np.uint8)
     data = make_dataset(pixels, np.zeros(images, np.int64), batch_size=spec.batch_size,

@@ -1,4 +1,4 @@
-"""The project's own training (``finetune.training.train``), timed the same way as the seed's.
+"""The project's own training (``finetune.ml.training.recipe.train``), timed the same way as the seed's.
 
 ``run_in_child`` runs it in a process of its own, as a worker would (``python -m
 bench.project``), so that the process's peak resident memory is the job's: the
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import steady_ips
-from finetune.spec import TrainingSpec
+from finetune.ml.spec import TrainingSpec
 
 
 @dataclass
@@ -82,7 +82,7 @@ class BatchClock:
 
 def run_project(data_dir: Path, spec: TrainingSpec, *, label: str) -> ProjectRun:
     """``train(spec, dataset_dir=...)`` with a progress clock; phases from the result's timings."""
-    from finetune.training import train
+    from finetune.ml.training.recipe import train
 
     clock = BatchClock()
     start = time.perf_counter()
@@ -106,7 +106,7 @@ def run_project(data_dir: Path, spec: TrainingSpec, *, label: str) -> ProjectRun
 
 def save_model(run: ProjectRun, model_dir: Path) -> str:
     """Save the run's model into a model store at ``model_dir``; returns the model id."""
-    from finetune.store import ModelStore
+    from finetune.stores.models import ModelStore
 
     manifest = ModelStore(model_dir).save(run.result, dataset_id="bench")
     return manifest["id"]
@@ -169,7 +169,7 @@ def _child_main(request_path: str) -> int:
     import tensorflow as tf
 
     tf.constant(0)  # the runtime initialised, as in a worker before its first job
-    import finetune.training  # noqa: F401
+    import finetune.ml.training.recipe  # noqa: F401
 
     spec = TrainingSpec.model_validate(request["spec"])
     baseline = _rss_bytes()

@@ -1,7 +1,7 @@
 """The saved model's raw forward pass in the API's own configuration, without HTTP.
 
 ``python -m bench.raw_predictor MODEL_DIR MODEL_ID THREADS STREAMS`` prints one JSON object:
-``finetune.predictor.Predictor`` (the code /predict runs) loaded after
+``finetune.ml.predictor.Predictor`` (the code /predict runs) loaded after
 ``set_threads_per_op(THREADS)``, then the batch-1 latency (one stream) and the batch-8
 throughput of STREAMS threads calling ``predict_pixels`` at once, as the API's micro-batcher
 does with PREDICT_CONCURRENCY. A process of its own: TensorFlow's threads are fixed when it
@@ -22,8 +22,8 @@ from bench.timing import timed_threads
 
 
 def measure(model_dir: Path, model_id: str, *, threads: int, streams: int, calls: int = 30) -> dict:
-    from finetune.predictor import Predictor, set_threads_per_op
-    from finetune.store import ModelStore
+    from finetune.ml.predictor import Predictor, set_threads_per_op
+    from finetune.stores.models import ModelStore
 
     set_threads_per_op(threads)
     store = ModelStore(model_dir)

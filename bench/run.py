@@ -94,8 +94,8 @@ def resolve_weights(args: argparse.Namespace) -> str:
 
 
 def build_spec(args: argparse.Namespace):
-    from finetune.backbones import get_backbone
-    from finetune.spec import TrainingSpec
+    from finetune.ml.backbones import get_backbone
+    from finetune.ml.spec import TrainingSpec
 
     unfreeze = args.unfreeze_from
     if unfreeze is not None and unfreeze.isdigit():
@@ -256,7 +256,7 @@ def project_validation_files(data_dir: Path, spec) -> set[str]:
     """The images the project holds out for ``spec`` (its scan and stratified split), relative to ``data_dir``.
     Files the project would skip as undecodable are not known before it decodes, so a folder
     with such files could shift the split by them; the bench's generated data has none."""
-    from finetune.dataset import scan_dataset, stratified_split
+    from finetune.ml.scan import scan_dataset, stratified_split
 
     scan = scan_dataset(data_dir, probe=False)
     _, validation = stratified_split(scan.labels, validation_split=spec.validation_split, seed=spec.seed)

@@ -47,8 +47,8 @@ from PIL import Image
 
 from bench.data import list_images
 from bench.timing import steady_ips
-from finetune.backbones import describe_layers, get_backbone
-from finetune.spec import TrainingSpec
+from finetune.ml.backbones import describe_layers, get_backbone
+from finetune.ml.spec import TrainingSpec
 
 SEED_AUGMENTATION = dict(
     rotation_range=30,

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from finetune.states import TRAINING_PHASES
+
 
 def parse_assignment(text: str) -> tuple[list[str], object]:
     """`a.b=value` -> (["a", "b"], value), the value read as JSON when it parses, else as a string."""
@@ -40,7 +42,7 @@ class EpochBars:
     def __call__(self, event) -> None:
         from tqdm import tqdm
 
-        if event.phase not in ("warmup", "finetune"):
+        if event.phase not in TRAINING_PHASES:
             self._close()
             print(f"[{event.phase}]", file=sys.stderr)
             return
@@ -68,11 +70,11 @@ def command_train(args) -> int:
     from pydantic import ValidationError
 
     from finetune.errors import DomainError
-    from finetune.evaluation import format_report
+    from finetune.ml.evaluation import format_report
     from finetune.settings import get_settings
-    from finetune.spec import TrainingSpec
-    from finetune.store import ModelStore
-    from finetune.training import train
+    from finetune.ml.spec import TrainingSpec
+    from finetune.stores.models import ModelStore
+    from finetune.ml.training.recipe import train
 
     spec_data = json.loads(Path(args.spec).read_text()) if args.spec else {}
     try:
@@ -100,8 +102,8 @@ def command_train(args) -> int:
 
 def command_predict(args) -> int:
     from finetune.errors import DomainError
-    from finetune.predictor import ImageInput, Predictor
-    from finetune.store import MANIFEST_FILE, MODEL_FILE
+    from finetune.ml.predictor import ImageInput, Predictor
+    from finetune.stores.models import MANIFEST_FILE, MODEL_FILE
 
     folder = Path(args.model)
     if not (folder / MANIFEST_FILE).exists():
@@ -120,7 +122,7 @@ def command_predict(args) -> int:
 
 
 def command_layers(args) -> int:
-    from finetune.backbones import BACKBONES, describe_layers, get_backbone
+    from finetune.ml.backbones import BACKBONES, describe_layers, get_backbone
 
     if args.backbone not in BACKBONES:
         print(f"error: unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}", file=sys.stderr)

@@ -24,6 +24,7 @@ from typing import Callable
 import redis
 
 from finetune.settings import Settings, get_settings
+from finetune.stores.location import is_remote
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKER_READY_TIMEOUT_S = 120.0
@@ -229,7 +230,7 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 
 def _absolute(location: str) -> str:
-    if "://" in location:
+    if is_remote(location):
         return location
     path = Path(location).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
@@ -250,8 +251,8 @@ def run_local_service(settings: Settings) -> int:
     """What `make run` does. Returns 0 after SIGINT/SIGTERM, non-zero if a child dies or fails to start."""
     model_dir = _absolute(settings.model_dir)
     data_dir = _absolute(settings.data_dir)
-    local_state = Path(data_dir) if "://" not in data_dir else Path(_absolute(settings.cache_dir))
-    log_dir = Path(_absolute(settings.cache_dir)) / "logs"
+    local_state = Path(data_dir) if not is_remote(data_dir) else Path(_absolute(settings.cache_dir))
+    log_dir = settings.cache.logs
     env = {**os.environ, "MODEL_DIR": model_dir, "DATA_DIR": data_dir}
     started: list[ManagedProcess] = []
     previous_handlers = {sig: signal.signal(sig, _shut_down_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from finetune.archive import ArchiveLimits
-from finetune.datasets import DatasetStore
+from finetune.stores.archive import ArchiveLimits
+from finetune.stores.datasets import DatasetStore
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.jobs import ACTIVE_STATUSES, JobStore
-from finetune.predictor import PredictorCache
+from finetune.states import ACTIVE_STATUSES, JobStatus
+from finetune.stores.jobs import JobStore
+from finetune.serving.batcher import BatchObserver
+from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
 from finetune.settings import Settings
-from finetune.spec import JobSpec
-from finetune.store import ModelStore
+from finetune.ml.spec import JobSpec
+from finetune.stores.models import ModelStore
 
 Enqueue = Callable[[str], None]
 
@@ -27,7 +29,10 @@ class Service:
     enqueue: Enqueue
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, enqueue: Enqueue) -> "Service":
+    def from_settings(cls, settings: Settings, *, enqueue: Enqueue, on_batch: BatchObserver | None = None) -> "Service":
+        """The stores and the serving cache from `settings`; `on_batch` observes every forward pass of /predict."""
+        batching = BatchingOptions(max_batch=settings.predict_max_batch, max_wait_s=settings.predict_max_wait_ms / 1000,
+                                   concurrency=settings.predict_concurrency, on_batch=on_batch)
         models = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
         return cls(
             settings=settings,
@@ -36,7 +41,7 @@ class Service:
                                   max_pixels=settings.max_image_pixels),
             models=models,
             jobs=JobStore.from_url(settings.redis_url),
-            predictors=PredictorCache(models, size=settings.model_cache_size, max_batch=settings.predict_max_batch),
+            predictors=PredictorCache(models, size=settings.model_cache_size, batching=batching),
             enqueue=enqueue,
         )
 
@@ -53,17 +58,17 @@ class Service:
         try:
             self.enqueue(record["id"])
         except Exception as error:
-            self.jobs.update(record["id"], {"status": "failed", "error": {
+            self.jobs.update(record["id"], {"status": JobStatus.FAILED, "error": {
                 "type": type(error).__name__, "message": f"could not enqueue the job: {error}"}})
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
 
-    def loaded_model(self, model_id: str | None):
-        """The predictor from memory when recently confirmed (see PredictorCache.fresh), else None."""
+    def loaded_model(self, model_id: str | None) -> ServedModel | None:
+        """The served model from memory when recently confirmed (see PredictorCache.fresh), else None."""
         return self.predictors.fresh(model_id)
 
-    def model_for_prediction(self, model_id: str | None):
-        """The loaded predictor; 409 when `model_id` names a job that has not produced its model yet."""
+    def model_for_prediction(self, model_id: str | None) -> ServedModel:
+        """The loaded model; 409 when `model_id` names a job that has not produced its model yet."""
         try:
             return self.predictors.get(model_id)
         except NotFound:

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from finetune.ml.devices import usable_cores
 
-def usable_cores() -> int:
-    """The cores this process may run on (a container's cpuset, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Every local cache path of a process, named once, under CACHE_DIR. Nothing here is the source
+    of truth: each can be deleted while no job runs (the stores and Redis hold the state)."""
+
+    root: Path
+
+    def decoded(self, job_id: str) -> Path:
+        """A job's decoded images (a memory-mapped array), removed when the job ends."""
+        return self.root / "decoded" / job_id
+
+    def checkpoints(self, job_id: str) -> Path:
+        """A job's per-epoch checkpoints when the model store is remote (else they sit beside the models)."""
+        return self.root / "checkpoints" / job_id
+
+    @property
+    def uploads(self) -> Path:
+        """The spool of uploads being received by the API."""
+        return self.root / "uploads"
+
+    @property
+    def logs(self) -> Path:
+        """`make run`'s process logs."""
+        return self.root / "logs"
+
+    @property
+    def stores(self) -> Path:
+        """Staging folders and local copies of the model and dataset stores (each in a folder of its own)."""
+        return self.root
 
 
 class Settings(BaseSettings):
@@ -64,6 +90,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def cache(self) -> CacheLayout:
+        return CacheLayout(Path(self.cache_dir).resolve())
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutting_down
 
+from finetune.execution.protocol import JOB_QUEUE
 from finetune.settings import get_settings
 
 
@@ -24,7 +25,7 @@ def make_celery() -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        task_default_queue="finetune",
+        task_default_queue=JOB_QUEUE,
     )
     return app
 
@@ -41,7 +42,7 @@ def _claim_a_gpu(sender=None, **_):
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_):
-    from finetune.reaper import start_reaper
+    from finetune.execution.reaper import start_reaper
     from worker.tasks import run_job
 
     sender.app.finetune_reaper = start_reaper(get_settings(), enqueue=lambda job_id: run_job.delay(job_id))

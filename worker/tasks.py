@@ -5,13 +5,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import signal
-import socket
 import subprocess
-import sys
 
 from worker.celery_app import app
-from finetune.jobs import FINAL_STATUSES, JobStore
-from finetune.runner import EXIT_OWNED_ELSEWHERE
+from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, RUN_JOB_TASK, runner_command, worker_id
+from finetune.states import FINAL_STATUSES, JobStatus
+from finetune.stores.jobs import JobStore
 from finetune.settings import get_settings
 
 log = logging.getLogger("worker.tasks")
@@ -31,17 +30,17 @@ def _die_with_parent() -> None:
 
 
 def run_job_process(job_id: str) -> int:
-    process = subprocess.Popen([sys.executable, "-m", "finetune.runner", job_id], preexec_fn=_die_with_parent)
+    process = subprocess.Popen(runner_command(job_id), preexec_fn=_die_with_parent)
     code = process.wait()
-    if code not in (0, EXIT_OWNED_ELSEWHERE):
+    if code not in (EXIT_DONE, EXIT_OWNED_ELSEWHERE):
         # It died holding the job, and its heartbeat is still fresh: the next job process would take
         # the job for running elsewhere and leave it to the reaper, JOB_STALE_AFTER_S later.
         jobs = JobStore.from_url(get_settings().redis_url)
-        jobs.release_heartbeat(job_id, f"{socket.gethostname()}:{process.pid}")
+        jobs.release_heartbeat(job_id, worker_id(process.pid))
     return code
 
 
-@app.task(name="finetune.run_job", acks_late=True, reject_on_worker_lost=True)
+@app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: str) -> str:
     """Runs the job's process until the job reaches a final state; a crashed process is resumed
     from its checkpoint until the attempt limit, after which the runner marks the job failed."""
@@ -53,7 +52,7 @@ def run_job(job_id: str) -> str:
             return "duplicate"
         record = jobs.get(job_id)
         if record["status"] in FINAL_STATUSES:
-            if record["status"] == "failed" and code != 0:
+            if record["status"] == JobStatus.FAILED and code != EXIT_DONE:
                 error = record["error"] or {}
                 raise JobProcessFailed(f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
             return record["status"]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from app.schemas import BackbonePublic, LayerPublic, ListPublic
-from finetune.backbones import BACKBONES, describe_layers
+from finetune.ml.backbones import BACKBONES, describe_layers
 from finetune.errors import NotFound
 
 router = APIRouter(prefix="/backbones", tags=["backbones"])

@@ -40,7 +40,7 @@ async def create_dataset(
     file: Annotated[UploadFile, File(description="the archive")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ):
-    spool_dir = Path(settings.cache_dir) / "uploads"
+    spool_dir = settings.cache.uploads
     archive = await run_in_threadpool(_spool_to_disk, file, spool_dir, int(settings.max_upload_mb * 1024 * 1024))
     try:
         return await run_in_threadpool(service.datasets.create_from_archive, archive,

@@ -10,7 +10,8 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import ServiceDep
 from app.schemas import JobCreate, JobPublic, ListPublic
-from finetune.jobs import FINAL_STATUSES, eta_seconds
+from finetune.states import FINAL_STATUSES, JobStatus
+from finetune.stores.jobs import eta_seconds
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 EVENT_POLL_S = 0.25
@@ -19,7 +20,7 @@ EVENT_KEEPALIVE_S = 15.0
 
 def _public(record: dict) -> dict:
     """The stored record with a fresh ETA (it shrinks between worker updates too)."""
-    if record["status"] == "running":
+    if record["status"] == JobStatus.RUNNING:
         record = {**record, "eta_seconds": eta_seconds(record["started_at"], record["progress"])}
     return record
 
@@ -35,7 +36,7 @@ async def create_job(spec: JobCreate, service: ServiceDep, request: Request, res
 
 @router.get("", response_model=ListPublic[JobPublic])
 async def list_jobs(service: ServiceDep,
-                    status_filter: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+                    status_filter: Annotated[JobStatus | None,
                                              Query(alias="status")] = None):
     data = [_public(record) for record in await run_in_threadpool(service.jobs.list, status=status_filter)]
     return {"data": data, "count": len(data)}

@@ -32,7 +32,7 @@ def tiny_model_result():
     """A saved-model stand-in with the classifier's contract: 32x32x3 -> softmax over red, blue."""
     import keras
 
-    from finetune.spec import TrainingSpec
+    from finetune.ml.spec import TrainingSpec
 
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
@@ -65,8 +65,8 @@ def dataset_archive() -> bytes:
 @pytest.fixture(scope="module")
 def fuzz_app(redis_server, tmp_path_factory):
     from app.main import create_app
-    from finetune.jobs import JobStore
-    from finetune.store import ModelStore
+    from finetune.stores.jobs import JobStore
+    from finetune.stores.models import ModelStore
 
     root = tmp_path_factory.mktemp("fuzz")
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{FUZZ_REDIS_DB}"

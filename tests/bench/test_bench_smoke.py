@@ -6,7 +6,7 @@ import pytest
 
 from bench.data import describe, generate_dataset
 from bench.report import render
-from finetune.spec import TrainingSpec
+from finetune.ml.spec import TrainingSpec
 
 
 def tiny_spec(backbone: str = "mobilenet") -> TrainingSpec:
@@ -82,7 +82,7 @@ def test_report_renders_with_missing_sections():
 @pytest.mark.slow
 def test_raw_predictor_measures_both_thread_set_ups_in_a_child(tmp_path):
     from bench.raw_predictor import measure_in_child
-    from finetune.store import ModelStore
+    from finetune.stores.models import ModelStore
     from tests.finetune.conftest import FakeResult, colour_classifier
     from tests.finetune.conftest import tiny_spec as tiny_training_spec
 

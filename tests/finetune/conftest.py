@@ -55,7 +55,7 @@ TINY_SIZE = 32
 
 
 def tiny_spec(**overrides):
-    from finetune.spec import TrainingSpec
+    from finetune.ml.spec import TrainingSpec
 
     values = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": TINY_SIZE,
               "batch_size": 4, "head": {"units": 8, "dropout": 0.0}, "augmentation": None,

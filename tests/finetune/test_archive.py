@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finetune import archive as archive_module
-from finetune.archive import ArchiveLimits, detect_format, unpack_archive
+from finetune.stores import archive as archive_module
+from finetune.stores.archive import ArchiveLimits, detect_format, unpack_archive
 from finetune.errors import BadArchive, TooLarge
 from finetune.settings import Settings
 from tests.helpers import make_image_bytes

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from finetune.dataset import Skipped, scan_dataset, stratified_split
+from finetune.ml.scan import Skipped, scan_dataset, stratified_split
 from finetune.errors import BadDataset
 from tests.helpers import make_image, make_image_bytes
 

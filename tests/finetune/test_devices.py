@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from finetune.devices import DevicePlan, plan_devices, precision_for
+from finetune.ml.devices import DevicePlan, plan_devices, precision_for
 
 
 def gpu(cc, name="NVIDIA Test"):
@@ -62,7 +62,7 @@ def test_plan_is_validated():
 
 
 def test_import_does_not_load_tensorflow():
-    code = "import sys, finetune.devices; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, finetune.ml.devices; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -70,7 +70,7 @@ def test_tensorflow_side_on_this_host():
     pytest.importorskip("tensorflow")
     import keras
 
-    from finetune.devices import apply_precision, detect_gpus, make_strategy
+    from finetune.ml.devices import apply_precision, detect_gpus, make_strategy
 
     gpus = detect_gpus()
     assert all("name" in g for g in gpus)

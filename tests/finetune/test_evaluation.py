@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from finetune.evaluation import evaluate_predictions, format_report
+from finetune.ml.evaluation import evaluate_predictions, format_report
 
 CLASSES = ["cat", "dog", "panda"]
 # true:       cat cat cat cat | dog dog dog | panda panda panda

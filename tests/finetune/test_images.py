@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from finetune.errors import BadImage, NotAnImage
-from finetune.images import (
+from finetune.ml.images import (
     IMAGE_EXTENSIONS,
     aspect_aware_resize,
     decode_image,

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.jobs import INDEX_KEY, JobStore, eta_seconds, job_key, overall_progress
+from finetune.stores.jobs import INDEX_KEY, JobStore, eta_seconds, job_key, overall_progress
 from finetune.launcher import free_port
-from finetune.spec import JobSpec
+from finetune.ml.spec import JobSpec
 
 # The session's Redis is shared with the integration tests (database 0); these tests keep to a
 # database of their own, so clearing it between tests touches only keys they wrote.

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from finetune.model import build_head, build_model, compile_for, make_optimizer, unfreeze_from
-from finetune.spec import HeadSpec, PhaseSpec, TrainingSpec
+from finetune.ml.network import build_head, build_model, compile_for, make_optimizer, unfreeze_from
+from finetune.ml.spec import HeadSpec, PhaseSpec, TrainingSpec
 
 SPEC = TrainingSpec(backbone="mobilenet", alpha=0.25, weights="none", image_size=32,
                     head={"units": 16, "dropout": 0.3})

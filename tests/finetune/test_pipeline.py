@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from finetune.dataset import scan_dataset
-from finetune.backbones import BACKBONES, get_backbone
-from finetune.pipeline import RandomAffine, bilinear_resample, decode_dataset, make_dataset
-from finetune.spec import AugmentationSpec
+from finetune.ml.scan import scan_dataset
+from finetune.ml.backbones import BACKBONES, get_backbone
+from finetune.ml.pipeline import RandomAffine, bilinear_resample, decode_dataset, make_dataset
+from finetune.ml.spec import AugmentationSpec
 from tests.helpers import make_image
 
 MAX_PIXELS = 50_000_000

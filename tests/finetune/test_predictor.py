@@ -1,4 +1,4 @@
-"""Serving a saved model: Predictor, PredictorCache and the MicroBatcher."""
+"""Serving a saved model: Predictor, the serving cache (PredictorCache) and the MicroBatcher."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import finetune.batching as batching
-import finetune.predictor as predictor_module
-from finetune.batching import MicroBatcher
+import finetune.serving.batcher as batching
+import finetune.serving.cache as cache_module
+from finetune.serving.batcher import MicroBatcher
 from finetune.errors import BadImage, NotAnImage, NotFound
-from finetune.predictor import WARM_BATCH_SIZES, ImageInput, Predictor, PredictorCache
-from finetune.store import ModelStore
+from finetune.ml.predictor import WARM_BATCH_SIZES, ImageInput, Predictor
+from finetune.serving.cache import BatchingOptions, PredictorCache
+from finetune.stores.models import ModelStore
 from tests.helpers import make_image_bytes
 
 CLASSES = ["blue", "green", "red"]
@@ -197,25 +198,26 @@ def three_models(tmp_path, factories):
 def load_counter(monkeypatch):
     """Counts Predictor constructions by model id."""
     loads: dict[str, int] = {}
-    real = predictor_module.Predictor
+    real = cache_module.Predictor
 
     class CountingPredictor(real):
         def __init__(self, model_path, manifest, **kwargs):
             loads[manifest["id"]] = loads.get(manifest["id"], 0) + 1
             super().__init__(model_path, manifest, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "Predictor", CountingPredictor)
+    monkeypatch.setattr(cache_module, "Predictor", CountingPredictor)
     return loads
 
 
 def test_cache_loads_a_model_once_when_asked_twice(three_models, load_counter):
     store, ids = three_models
-    cache = PredictorCache(store, size=2, max_batch=2)
+    cache = PredictorCache(store, size=2, batching=BatchingOptions(max_batch=2))
     first = cache.get(ids[0])
     assert cache.get(ids[0]) is first
     assert load_counter == {ids[0]: 1}
-    assert first.warm_sizes == (1, 2)
-    assert first._concrete is not None  # warmed up on load
+    assert first.predictor.warm_sizes == (1, 2)
+    assert first.predictor._concrete is not None  # warmed up on load
+    assert first.batcher.max_batch == 2  # each loaded model comes with its own batcher
 
 
 def test_cache_loads_once_under_concurrent_requests(three_models, load_counter):
@@ -233,7 +235,7 @@ def test_cache_loads_once_under_concurrent_requests(three_models, load_counter):
 
 def test_cache_evicts_the_least_recently_used_beyond_its_size(three_models, load_counter):
     store, (a, b, c) = three_models
-    cache = PredictorCache(store, size=2, max_batch=1)
+    cache = PredictorCache(store, size=2, batching=BatchingOptions(max_batch=1))
     cache.get(a)
     cache.get(b)
     cache.get(a)  # a is now the most recently used
@@ -247,7 +249,7 @@ def test_cache_evicts_the_least_recently_used_beyond_its_size(three_models, load
 
 def test_cache_without_an_id_serves_the_newest_model(three_models):
     store, ids = three_models
-    cache = PredictorCache(store, size=1, max_batch=1)
+    cache = PredictorCache(store, size=1, batching=BatchingOptions(max_batch=1))
     assert cache.get(None).model_id == ids[-1]
 
 
@@ -263,7 +265,7 @@ def test_cache_unknown_id_is_not_found(three_models, load_counter):
 
 def test_cache_evict_forgets_a_model(three_models, load_counter):
     store, (a, _, _) = three_models
-    cache = PredictorCache(store, size=2, max_batch=1)
+    cache = PredictorCache(store, size=2, batching=BatchingOptions(max_batch=1))
     cache.get(a)
     cache.evict(a)
     assert cache.loaded_ids() == []
@@ -274,8 +276,8 @@ def test_cache_evict_forgets_a_model(three_models, load_counter):
 def test_fresh_answers_from_memory_only_within_revalidate_s(three_models, monkeypatch):
     store, (a, b, _) = three_models
     clock = [1000.0]
-    monkeypatch.setattr(predictor_module.time, "monotonic", lambda: clock[0])
-    cache = PredictorCache(store, size=2, max_batch=1, revalidate_s=1.0)
+    cache = PredictorCache(store, size=2, batching=BatchingOptions(max_batch=1), revalidate_s=1.0,
+                           clock=lambda: clock[0])
     assert cache.fresh(a) is None  # never confirmed by the store
     loaded = cache.get(a)
     reads = []
@@ -289,7 +291,7 @@ def test_fresh_answers_from_memory_only_within_revalidate_s(three_models, monkey
 
 def test_fresh_newest_and_eviction(three_models, monkeypatch):
     store, ids = three_models
-    cache = PredictorCache(store, size=2, max_batch=1, revalidate_s=60.0)
+    cache = PredictorCache(store, size=2, batching=BatchingOptions(max_batch=1), revalidate_s=60.0)
     newest = cache.get(None)
     assert cache.fresh(None) is newest and newest.model_id == ids[-1]
     cache.evict(ids[-1])  # deleted through this process: no longer served from memory
@@ -298,7 +300,7 @@ def test_fresh_newest_and_eviction(three_models, monkeypatch):
 
 def test_fresh_is_none_for_a_model_evicted_by_the_lru(three_models):
     store, (a, b, c) = three_models
-    cache = PredictorCache(store, size=1, max_batch=1, revalidate_s=60.0)
+    cache = PredictorCache(store, size=1, batching=BatchingOptions(max_batch=1), revalidate_s=60.0)
     cache.get(a)
     cache.get(b)  # evicts a
     assert cache.fresh(a) is None and cache.fresh(b) is not None
@@ -331,7 +333,7 @@ def tagged(*tags: int) -> np.ndarray:
 
 def test_concurrent_requests_share_one_forward_pass():
     echo = EchoPredictor()
-    batcher = MicroBatcher(echo, max_batch=32, max_wait_s=0.2)
+    batcher = MicroBatcher(echo.predict_pixels, max_batch=32, max_wait_s=0.2)
 
     async def main():
         return await asyncio.gather(*(batcher.predict(tagged(*range(10 * i, 10 * i + 1 + i % 3)))
@@ -346,7 +348,7 @@ def test_concurrent_requests_share_one_forward_pass():
 
 def test_batches_stop_growing_at_max_batch():
     echo = EchoPredictor()
-    batcher = MicroBatcher(echo, max_batch=3, max_wait_s=0.2)
+    batcher = MicroBatcher(echo.predict_pixels, max_batch=3, max_wait_s=0.2)
 
     async def main():
         return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(7)))
@@ -366,7 +368,7 @@ def test_a_real_predictor_behind_the_batcher_gives_each_caller_its_rows(predicto
         return real(pixels)
 
     monkeypatch.setattr(predictor, "predict_pixels", counting)
-    batcher = MicroBatcher(predictor, max_batch=8, max_wait_s=0.2)
+    batcher = MicroBatcher(predictor.predict_pixels, max_batch=8, max_wait_s=0.2)
     colours = ["red", "blue", "green", "blue", "red"]
     pixels = [predictor.load_pixels(colour_input(c, seed=i), max_pixels=10**7)[None] for i, c in enumerate(colours)]
 
@@ -380,7 +382,7 @@ def test_a_real_predictor_behind_the_batcher_gives_each_caller_its_rows(predicto
 
 
 def test_a_failing_forward_pass_fails_every_caller_in_the_batch():
-    batcher = MicroBatcher(EchoPredictor(fail=True), max_batch=8, max_wait_s=0.1)
+    batcher = MicroBatcher(EchoPredictor(fail=True).predict_pixels, max_batch=8, max_wait_s=0.1)
 
     async def main():
         return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(3)), return_exceptions=True)
@@ -392,7 +394,7 @@ def test_a_failing_forward_pass_fails_every_caller_in_the_batch():
 def test_the_batcher_loop_ends_when_idle_and_restarts(monkeypatch):
     monkeypatch.setattr(batching, "IDLE_EXIT_S", 0.05)
     echo = EchoPredictor()
-    batcher = MicroBatcher(echo, max_batch=4, max_wait_s=0.01)
+    batcher = MicroBatcher(echo.predict_pixels, max_batch=4, max_wait_s=0.01)
 
     async def main():
         first = await batcher.predict(tagged(1))
@@ -427,7 +429,7 @@ class SlowPredictor(EchoPredictor):
 @pytest.mark.parametrize("concurrency", [1, 2, 3])
 def test_up_to_concurrency_batches_run_at_once_and_each_caller_gets_its_rows(concurrency):
     slow = SlowPredictor()
-    batcher = MicroBatcher(slow, max_batch=2, max_wait_s=0.0, concurrency=concurrency)
+    batcher = MicroBatcher(slow.predict_pixels, max_batch=2, max_wait_s=0.0, concurrency=concurrency)
 
     async def main():
         return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(12)))
@@ -445,7 +447,7 @@ def test_set_threads_per_op_applies_before_tensorflow_starts_and_refuses_after()
 
     script = (
         "import tensorflow as tf\n"
-        "from finetune.predictor import set_threads_per_op\n"
+        "from finetune.ml.predictor import set_threads_per_op\n"
         "assert set_threads_per_op(1)\n"
         "tf.constant(1) + 1\n"
         "assert tf.config.threading.get_intra_op_parallelism_threads() == 1\n"
@@ -467,7 +469,7 @@ def test_loading_and_warming_a_predictor_writes_no_file_to_tmpdir(saved_model, t
     store, manifest = saved_model
     spool = tmp_path / "spool"
     spool.mkdir()
-    script = ("import sys\nfrom pathlib import Path\nfrom finetune.predictor import Predictor\nimport json\n"
+    script = ("import sys\nfrom pathlib import Path\nfrom finetune.ml.predictor import Predictor\nimport json\n"
               f"p = Predictor(Path({str(store.model_file(manifest['id']))!r}), json.loads({json.dumps(json.dumps(manifest))}))\n"
               "p.warm_up()\nimport os\nprint(sorted(os.listdir(os.environ['TMPDIR'])))\nos._exit(0)\n")
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

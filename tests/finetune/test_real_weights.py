@@ -30,8 +30,8 @@ pytestmark = [
 
 CHILD = r"""
 import json, sys
-from finetune.spec import TrainingSpec
-from finetune.training import train
+from finetune.ml.spec import TrainingSpec
+from finetune.ml.training.recipe import train
 
 spec = TrainingSpec.model_validate(json.loads(sys.argv[1]))
 result = train(spec, dataset_dir=sys.argv[2])

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from finetune.jobs import JobStore
-from finetune.reaper import Reaper, requeue_stale_jobs
+from finetune.stores.jobs import JobStore
+from finetune.execution.reaper import Reaper, requeue_stale_jobs
 from finetune.settings import Settings
-from finetune.spec import JobSpec
+from finetune.ml.spec import JobSpec
 
 OWN_DB = 12
 

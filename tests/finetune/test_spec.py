@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from finetune.backbones import BACKBONES, describe_layers, get_backbone, resolve_unfreeze_from
-from finetune.spec import AugmentationSpec, JobSpec, TrainingSpec
+from finetune.ml.backbones import BACKBONES, describe_layers, get_backbone, resolve_unfreeze_from
+from finetune.ml.spec import AugmentationSpec, JobSpec, TrainingSpec
 
 
 def refusal(**fields) -> list[dict]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from finetune.errors import NotFound
-from finetune.store import MANIFEST_FILE, MODEL_FILE, ModelStore
+from finetune.stores.models import MANIFEST_FILE, MODEL_FILE, ModelStore
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_save_uses_a_given_model_id(store, fake_result):
 
 
 def test_saved_skipped_files_are_listed_in_the_manifest(store, fake_result):
-    from finetune.dataset import Skipped
+    from finetune.ml.scan import Skipped
 
     manifest = store.save(fake_result(skipped=[Skipped("red/x.txt", "not an image file (.txt)")]))
     assert store.get(manifest["id"])["skipped"] == [{"path": "red/x.txt", "reason": "not an image file (.txt)"}]

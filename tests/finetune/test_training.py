@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-import finetune.training as training
-from finetune.checkpoint import STATE_FILE, Checkpointer
+import finetune.ml.training.recipe as training
+from finetune.ml.checkpoint import STATE_FILE, Checkpointer, TrainingState
 from finetune.errors import JobCancelled
-from finetune.pipeline import decode_dataset, make_dataset
-from finetune.spec import TrainingSpec
-from finetune.training import ProgressEvent, TrainResult, train
+from finetune.ml.pipeline import decode_dataset, make_dataset
+from finetune.ml.spec import TrainingSpec
+from finetune.ml.training.recipe import ProgressEvent, TrainResult, train
 
 HISTORY_KEYS = {"phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
 
@@ -311,11 +311,13 @@ def test_checkpointer_load_of_an_empty_folder_is_none(tmp_path):
 def test_checkpointer_keeps_only_the_latest_model(tmp_path, factories):
     checkpointer = Checkpointer(tmp_path / "ck")
     model = factories.colour_classifier()
-    checkpointer.save(model, {"phase": "warmup", "epoch": 1, "history": []})
-    checkpointer.save(model, {"phase": "warmup", "epoch": 2, "history": [{"epoch": 1}]})
+    checkpointer.save(model, TrainingState(phase="warmup", epoch=1, history=[], trainee="model"))
+    checkpointer.save(model, TrainingState(phase="warmup", epoch=2, history=[{"epoch": 1}], trainee="model"))
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [STATE_FILE, "trainee-warmup-2.keras"]
-    state, loaded = checkpointer.load()
-    assert state == {"phase": "warmup", "epoch": 2, "history": [{"epoch": 1}], "model_file": "trainee-warmup-2.keras"}
+    resumed = checkpointer.load()
+    state, loaded = resumed.state, resumed.trainee
+    assert state == TrainingState(phase="warmup", epoch=2, history=[{"epoch": 1}], trainee="model")
+    assert read_state(tmp_path / "ck")["model_file"] == "trainee-warmup-2.keras"
     x = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
     checkpointer.clear()

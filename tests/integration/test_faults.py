@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from finetune.jobs import JobStore
+from finetune.stores.jobs import JobStore
 from finetune.launcher import http_status
 from tests.helpers import make_image_bytes
 from tests.integration.reliability_support import (
@@ -86,7 +86,7 @@ def runner_processes(worker, job_id: str) -> list[psutil.Process]:
     found = []
     for child in children:
         try:
-            if "finetune.runner" in child.cmdline() and job_id in child.cmdline():
+            if "finetune.execution.runner" in child.cmdline() and job_id in child.cmdline():
                 found.append(child)
         except psutil.Error:
             continue

@@ -13,14 +13,11 @@ from datetime import datetime
 import redis
 
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.spec import JobSpec
-from finetune.storage import check_id
-from finetune.store import new_id, now_iso
+from finetune.ml.spec import JobSpec
+from finetune.ids import check_id, new_id, now_iso
+from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
 INDEX_KEY = "finetune:jobs"
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"queued", "running"})
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def job_key(job_id: str) -> str:
@@ -30,7 +27,7 @@ def job_key(job_id: str) -> str:
 def new_job_record(spec: JobSpec) -> dict:
     return {
         "id": new_id(),
-        "status": "queued",
+        "status": JobStatus.QUEUED,
         "spec": spec.model_dump(),
         "dataset_id": spec.dataset_id,
         "phase": None,
@@ -98,7 +95,7 @@ class JobStore:
 
         def write():
             pipe = self.redis.pipeline()
-            pipe.hset(job_key(record["id"]), mapping={"record": json.dumps(record), "status": "queued", "cancel": "0"})
+            pipe.hset(job_key(record["id"]), mapping={"record": json.dumps(record), "status": JobStatus.QUEUED, "cancel": "0"})
             pipe.zadd(INDEX_KEY, {record["id"]: created})
             pipe.execute()
 
@@ -154,8 +151,8 @@ class JobStore:
             raise Conflict(f"job {job_id!r} is already {record['status']}")
         self._guard(lambda: self.redis.hset(job_key(job_id), "cancel", "1"))
         try:
-            return self.update(job_id, {"status": "cancelled", "finished_at": now_iso(), "eta_seconds": None},
-                               allowed_from=frozenset({"queued"}))
+            return self.update(job_id, {"status": JobStatus.CANCELLED, "finished_at": now_iso(), "eta_seconds": None},
+                               allowed_from=frozenset({JobStatus.QUEUED}))
         except Conflict:
             return self.get(job_id)
 
@@ -195,7 +192,7 @@ class JobStore:
                 and record["status"] in ACTIVE_STATUSES]
 
     def counts_by_status(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts = {str(status): 0 for status in JobStatus}
         for record in self.list(limit=100_000):
             counts[record["status"]] = counts.get(record["status"], 0) + 1
         return counts

@@ -11,23 +11,14 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 from finetune.errors import NotFound
-from finetune.storage import Location, check_id
+from finetune.ids import check_id, new_id, now_iso
+from finetune.stores.location import Location
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
 
 
 def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str | None) -> dict:

@@ -1,6 +1,6 @@
 """Runs one job in this process: load its record, train, save the model, report every step to Redis.
 
-The worker starts one such process per job (`python -m finetune.runner JOB_ID`), so TensorFlow
+The worker starts one such process per job (`python -m finetune.execution.runner JOB_ID`), so TensorFlow
 never runs in a forked child, a crash cannot take the worker down, and GPU memory is returned
 when the job ends.
 """
@@ -17,24 +17,27 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from finetune.archive import ArchiveLimits
-from finetune.datasets import DatasetStore
+from finetune.stores.archive import ArchiveLimits
+from finetune.stores.datasets import DatasetStore
 from finetune.errors import JobCancelled, JobTimedOut
-from finetune.jobs import FINAL_STATUSES, JobStore, eta_seconds, overall_progress
+from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_id
+from finetune.ids import now_iso
+from finetune.states import FINAL_STATUSES, JobStatus
+from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
 from finetune.settings import Settings, get_settings
-from finetune.spec import JobSpec
-from finetune.store import ModelStore, now_iso
+from finetune.ml.spec import JobSpec
+from finetune.stores.location import is_remote
+from finetune.stores.models import ModelStore
 
-log = logging.getLogger("finetune.runner")
+log = logging.getLogger("finetune.execution.runner")
 BATCH_REPORT_INTERVAL_S = 0.5
-EXIT_OWNED_ELSEWHERE = 3
 
 
 def checkpoint_dir(settings: Settings, job_id: str) -> Path:
     """Next to the job's model store when it is a shared local folder, else in the local cache."""
-    if "://" not in settings.model_dir:
+    if not is_remote(settings.model_dir):
         return Path(settings.model_dir).resolve() / ".checkpoints" / job_id
-    return Path(settings.cache_dir).resolve() / "checkpoints" / job_id
+    return settings.cache.checkpoints(job_id)
 
 
 def dataset_store(settings: Settings) -> DatasetStore:
@@ -93,7 +96,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
     duplicate delivery).
     An exception from training marks the job failed with its type and message, then propagates.
     """
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker or worker_id()
     jobs = JobStore.from_url(settings.redis_url)
     record = jobs.get(job_id)
     checkpoints = checkpoint_dir(settings, job_id)
@@ -114,7 +117,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
             "message": f"the job's worker stopped {record['attempts']} times before it finished; giving up",
         })
         shutil.rmtree(checkpoints, ignore_errors=True)
-        shutil.rmtree(Path(settings.cache_dir) / "decoded" / job_id, ignore_errors=True)
+        shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
         return "failed"
     record = jobs.update(job_id, {"status": "running", "attempts": attempts, "worker": worker, "error": None,
                                   "started_at": record["started_at"] or now_iso()},
@@ -129,7 +132,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
             raise JobTimedOut(f"the job ran past its time limit of {settings.job_time_limit_s} s")
         return jobs.cancel_requested(job_id)
 
-    from finetune.training import ProgressEvent, train
+    from finetune.ml.training.recipe import ProgressEvent, train
 
     reporter = ProgressReporter(jobs, record)
     spec = JobSpec.model_validate(record["spec"])
@@ -137,7 +140,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
         dataset_dir = dataset_store(settings).images_dir(spec.dataset_id)
         result = train(spec.training_spec(), dataset_dir=dataset_dir, progress=reporter,
                        should_cancel=should_cancel, checkpoint_dir=checkpoints,
-                       cache_dir=Path(settings.cache_dir) / "decoded" / job_id,
+                       cache_dir=settings.cache.decoded(job_id),
                        max_pixels=settings.max_image_pixels)
         if should_cancel():
             raise JobCancelled("cancelled before saving")
@@ -159,7 +162,7 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
         raise
     finally:
         heartbeat.stopped.set()
-        shutil.rmtree(Path(settings.cache_dir) / "decoded" / job_id, ignore_errors=True)
+        shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return status
 
@@ -168,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        print("usage: python -m finetune.runner JOB_ID", file=sys.stderr)
+        print("usage: python -m finetune.execution.runner JOB_ID", file=sys.stderr)
         return 2
     status = run_job(args[0], settings=get_settings())
     log.info("job %s ended %s", args[0], status)
-    return EXIT_OWNED_ELSEWHERE if status == "owned" else 0
+    return EXIT_OWNED_ELSEWHERE if status == "owned" else EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.errors import BadDataset
-from finetune.images import IMAGE_EXTENSIONS, probe_image
+from finetune.ml.images import IMAGE_EXTENSIONS, probe_image
 
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 

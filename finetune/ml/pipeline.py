@@ -13,11 +13,11 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from finetune.dataset import DatasetScan
+from finetune.ml.scan import DatasetScan
 from finetune.errors import DomainError
-from finetune.images import load_image
-from finetune.settings import usable_cores
-from finetune.spec import AugmentationSpec
+from finetune.ml.images import load_image
+from finetune.ml.devices import usable_cores
+from finetune.ml.spec import AugmentationSpec
 
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
 # Batches ready ahead of the model: a fixed few (each a float32 batch, ~19 MB at 224 px and batch 32),

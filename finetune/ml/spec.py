@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from finetune.backbones import BACKBONES, get_backbone, resolve_unfreeze_from
+from finetune.ml.backbones import BACKBONES, get_backbone, resolve_unfreeze_from
 
 BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 OptimizerName = Literal["sgd", "rmsprop", "adam"]

@@ -7,11 +7,11 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from finetune.archive import ArchiveLimits, unpack_archive
-from finetune.dataset import scan_dataset
+from finetune.stores.archive import ArchiveLimits, unpack_archive
+from finetune.ml.scan import scan_dataset
 from finetune.errors import Conflict, NotFound
-from finetune.storage import Location, check_id
-from finetune.store import new_id, now_iso
+from finetune.ids import check_id, new_id, now_iso
+from finetune.stores.location import Location
 
 RECORD_FILE = "dataset.json"
 DELETING_FILE = ".deleting"

@@ -14,18 +14,6 @@ from typing import Iterator
 
 import fsspec
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def check_id(value: str, *, kind: str) -> str:
-    """Ids become folder names: refuse anything that could leave the store."""
-    from finetune.errors import NotFound
-
-    if not SAFE_ID.match(value) or ".." in value:
-        raise NotFound(f"{kind} {value!r} not found")
-    return value
-
-
 @dataclass
 class Location:
     """A folder that is either on the local disk or in an object store."""
@@ -115,14 +103,16 @@ class Location:
                                         always=(".deleting-",) if self.is_local else ())
 
 
+def is_remote(url: str | Path) -> bool:
+    """Whether `url` names an object store (`s3://...`) rather than a local path."""
+    return "://" in str(url)
+
+
 def _storage_options(url: str) -> dict:
-    """Object-store listings are not cached: other processes (the workers) add models and datasets."""
+    """Object-store listings are not cached: other processes (the workers) add models and datasets.
+    The endpoint (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3, e.g. MinIO) is botocore's own setting."""
     if url.startswith("s3://"):
-        options: dict = {"use_listings_cache": False, "skip_instance_cache": True}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        if endpoint:
-            options["client_kwargs"] = {"endpoint_url": endpoint}
-        return options
+        return {"use_listings_cache": False, "skip_instance_cache": True}
     return {}
 
 

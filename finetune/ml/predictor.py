@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from finetune.backbones import get_backbone
-from finetune.images import load_image
+from finetune.ml.backbones import get_backbone
+from finetune.ml.images import load_image
 
 WARM_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -106,74 +103,3 @@ class Predictor:
             {"filename": image.name, "predictions": predictions}
             for image, predictions in zip(images, self.top_k(self.predict_pixels(pixels), top_k))
         ]
-
-
-class PredictorCache:
-    """Loaded predictors, least recently used evicted beyond `size`. Each model loads once even
-    when several requests ask for it at the same moment.
-
-    The store is asked again (the manifest read, the newest model looked up) at most every
-    `revalidate_s` per model id: `fresh` answers from memory in between, so a busy /predict skips
-    a thread hop and a file (or object-store) read per request. A model deleted through this
-    process is evicted at once; one deleted by another API process is served at most that long.
-    """
-
-    def __init__(self, store, *, size: int, max_batch: int = 32, revalidate_s: float = 1.0):
-        self.store, self.size, self.max_batch, self.revalidate_s = store, max(1, size), max_batch, revalidate_s
-        self._predictors: OrderedDict[str, Predictor] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
-        self._confirmed: dict[str | None, tuple[str, float]] = {}  # asked-for id (None: newest) -> (id, when)
-
-    def fresh(self, model_id: str | None) -> Predictor | None:
-        """The loaded predictor for `model_id` (None: the newest) if the store confirmed it within
-        `revalidate_s`; None otherwise (then call `get`). Touches no file: safe on an event loop."""
-        with self._lock:
-            confirmed = self._confirmed.get(model_id)
-            if confirmed is None or time.monotonic() - confirmed[1] > self.revalidate_s:
-                return None
-            predictor = self._predictors.get(confirmed[0])
-            if predictor is not None:
-                self._predictors.move_to_end(confirmed[0])
-            return predictor
-
-    def get(self, model_id: str | None) -> Predictor:
-        manifest = self.store.get(model_id) if model_id else self.store.newest()
-        predictor = self._load(manifest)
-        with self._lock:
-            self._confirmed[model_id] = (predictor.model_id, time.monotonic())
-        return predictor
-
-    def _load(self, manifest: dict) -> Predictor:
-        model_id = manifest["id"]
-        with self._lock:
-            if model_id in self._predictors:
-                self._predictors.move_to_end(model_id)
-                return self._predictors[model_id]
-            loading = self._loading.setdefault(model_id, threading.Lock())
-        with loading:
-            with self._lock:
-                if model_id in self._predictors:
-                    return self._predictors[model_id]
-            predictor = Predictor(self.store.model_file(model_id), manifest, max_batch=self.max_batch)
-            predictor.warm_up()
-            with self._lock:
-                self._predictors[model_id] = predictor
-                self._loading.pop(model_id, None)
-                while len(self._predictors) > self.size:
-                    self._predictors.popitem(last=False)
-            return predictor
-
-    def evict(self, model_id: str) -> None:
-        with self._lock:
-            self._predictors.pop(model_id, None)
-            for asked, (confirmed_id, _) in list(self._confirmed.items()):
-                if confirmed_id == model_id:
-                    del self._confirmed[asked]
-
-    def __len__(self) -> int:
-        return len(self._predictors)
-
-    def loaded_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._predictors)

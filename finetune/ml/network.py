@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from finetune.backbones import get_backbone
-from finetune.spec import HeadSpec, PhaseSpec, TrainingSpec
+from finetune.ml.backbones import get_backbone
+from finetune.ml.spec import HeadSpec, PhaseSpec, TrainingSpec
 
 
 def build_head(feature_shape: tuple[int, ...], *, head: HeadSpec, num_classes: int) -> keras.Model:

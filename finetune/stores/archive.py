@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from finetune.errors import BadArchive, TooLarge
-from finetune.images import IMAGE_EXTENSIONS
+from finetune.ml.images import IMAGE_EXTENSIONS
 
 ArchiveFormat = Literal["zip", "tar", "tar.gz"]
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "special"]

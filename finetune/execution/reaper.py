@@ -13,10 +13,10 @@ from typing import Callable
 
 import redis
 
-from finetune.jobs import JobStore
+from finetune.stores.jobs import JobStore
 from finetune.settings import Settings
 
-log = logging.getLogger("finetune.reaper")
+log = logging.getLogger("finetune.execution.reaper")
 LOCK_KEY = "finetune:reaper-lock"
 
 

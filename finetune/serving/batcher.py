@@ -1,4 +1,5 @@
-"""Micro-batching: concurrent prediction requests for one model share one forward pass."""
+"""Micro-batching: concurrent requests share one call of a batched function. It knows nothing of models:
+it is handed `forward(batch) -> rows`, one output row per input row."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import numpy as np
 
 IDLE_EXIT_S = 5.0
 
+Forward = Callable[[np.ndarray], np.ndarray]
+BatchObserver = Callable[[int, float], None]  # (images, seconds) after every forward pass
+
 
 @dataclass
 class _Request:
@@ -20,7 +24,7 @@ class _Request:
 
 
 class MicroBatcher:
-    """Runs the queued requests through the predictor at once, up to `max_batch` images, on its own
+    """Runs the queued requests through `forward` at once, up to `max_batch` images, on its own
     threads. A batch waits for more only while a request is known to be on its way (`expect()`, e.g.
     while its images decode), and at most `max_wait_s` after its first request: a lone request runs
     at once instead of idling out the wait. Up to `concurrency` batches run at the same time; past
@@ -28,17 +32,17 @@ class MicroBatcher:
     its many small ops; a second batch fills them: with 8 clients on 2 cores, 2 gave ~18% more
     requests/s than 1.) Its loop ends when idle, so an evicted model is not kept alive by its batcher."""
 
-    def __init__(self, predictor, *, max_batch: int, max_wait_s: float, concurrency: int = 1,
-                 on_batch: Callable[[int, float], None] | None = None):
-        self.predictor, self.max_batch, self.max_wait_s = predictor, max_batch, max_wait_s
+    def __init__(self, forward: Forward, *, name: str = "batch", max_batch: int, max_wait_s: float,
+                 concurrency: int = 1, on_batch: BatchObserver | None = None):
+        self.forward, self.max_batch, self.max_wait_s = forward, max_batch, max_wait_s
         self.concurrency = max(1, concurrency)
-        self.on_batch = on_batch  # called with (images, seconds) after every forward pass
+        self.on_batch = on_batch
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._coming = 0  # requests announced by expect() and not yet queued (event-loop thread only)
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency,
-                                            thread_name_prefix=f"predict-{predictor.model_id}")
+                                            thread_name_prefix=f"predict-{name}")
 
     def expect(self) -> None:
         """A request is on its way (call `predict(..., expected=True)` or `unexpect()` later)."""
@@ -101,7 +105,7 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 probabilities = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.predictor.predict_pixels, pixels)
+                    self._executor, self.forward, pixels)
             except Exception as error:
                 for request in batch:
                     if not request.future.done():

@@ -1,0 +1,29 @@
+"""What the worker and its job process agree on: how the process is started, how a worker is named
+in a job's heartbeat, and what the process's exit code means."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+# The job reached a final state in this process (or was already final).
+EXIT_DONE = 0
+# Another live worker holds the job (a duplicate delivery): this process did nothing.
+EXIT_OWNED_ELSEWHERE = 3
+RUNNER_MODULE = "finetune.execution.runner"
+
+
+def runner_command(job_id: str) -> list[str]:
+    """The command line of the process that runs one job."""
+    return [sys.executable, "-m", RUNNER_MODULE, job_id]
+
+
+def worker_id(pid: int | None = None) -> str:
+    """The name a job process writes into its job's heartbeat: `host:pid` (this process by default)."""
+    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
+
+# The Celery task that runs a job: sent by the API, registered by the worker.
+RUN_JOB_TASK = "finetune.run_job"
+# The queue the workers consume and the API sends to.
+JOB_QUEUE = "finetune"

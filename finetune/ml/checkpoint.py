@@ -1,0 +1,74 @@
+"""Per-epoch checkpoints, so a job delivered again resumes where its last worker stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from finetune.states import Phase
+
+STATE_FILE = "state.json"
+HEAD, MODEL = "head", "model"  # what a checkpoint's trainee is: the head alone (cached features) or the classifier
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands after its last completed epoch: what a checkpoint restores."""
+
+    phase: str = Phase.WARMUP
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    warmup_metrics: dict | None = None
+    trainee: str | None = None  # HEAD or MODEL; None before the first epoch
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainingState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass
+class Resumed:
+    state: TrainingState
+    trainee: keras.Model
+
+
+class Checkpointer:
+    """Keeps the latest trained model (weights and optimizer state) and the run's state in a folder.
+
+    The model file is written first under a name of its own, the state file last and by rename,
+    so a crash at any point leaves the previous complete checkpoint readable.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def save(self, trainee: keras.Model, state: TrainingState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        model_name = f"trainee-{state.phase}-{state.epoch}.keras"
+        temporary = self.directory / f".{model_name}.tmp.keras"
+        trainee.save(temporary)
+        os.replace(temporary, self.directory / model_name)
+        state_tmp = self.directory / f".{STATE_FILE}.tmp"
+        state_tmp.write_text(json.dumps({**dataclasses.asdict(state), "model_file": model_name}))
+        os.replace(state_tmp, self.directory / STATE_FILE)
+        for stale in self.directory.glob("trainee-*.keras"):
+            if stale.name != model_name:
+                stale.unlink(missing_ok=True)
+
+    def load(self) -> Resumed | None:
+        state_path = self.directory / STATE_FILE
+        if not state_path.exists():
+            return None
+        data = json.loads(state_path.read_text())
+        trainee = keras.models.load_model(self.directory / data["model_file"])
+        return Resumed(TrainingState.from_json(data), trainee)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""What training tells the outside world: progress events, cancellation, per-epoch validation and checkpoints."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+
+from finetune.errors import JobCancelled
+from finetune.ml.training.validation import Validation
+
+
+@dataclass
+class ProgressEvent:
+    """What a progress callback receives. `epoch` is 1-based within the phase; `metrics` is set at epoch end."""
+
+    phase: str
+    epoch: int = 0
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    metrics: dict | None = None
+    history: list[dict] | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+CancelFn = Callable[[], bool]
+HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def no_progress(event: ProgressEvent) -> None:
+    return None
+
+
+def never() -> bool:
+    return False
+
+
+class PhaseCallback(keras.callbacks.Callback):
+    """Reports batches and epochs, stops at the next batch when cancelled, validates and checkpoints each epoch."""
+
+    def __init__(self, *, phase: str, epochs: int, batches: int, history: list[dict],
+                 report: ProgressFn, should_cancel: CancelFn, on_epoch_saved: Callable[[int], None],
+                 validation: Validation):
+        super().__init__()
+        self.phase, self.epochs, self.batches = phase, epochs, batches
+        self.history, self.report, self.should_cancel = history, report, should_cancel
+        self.on_epoch_saved, self.validation = on_epoch_saved, validation
+        self.train_seconds = 0.0
+        self.epochs_run = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = self.batch_clock = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_clock = time.perf_counter()
+        if self.should_cancel():
+            raise JobCancelled("cancelled during training")
+        self.report(ProgressEvent(self.phase, epoch=self._epoch + 1, epochs=self.epochs,
+                                  batch=batch + 1, batches=self.batches))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {**(logs or {}), **self.validation.run()}
+        self.train_seconds += self.batch_clock - self.epoch_started
+        self.epochs_run += 1
+        row = {
+            "phase": self.phase,
+            "epoch": epoch + 1,
+            **{key: float(logs[key]) for key in HISTORY_METRICS if key in logs},
+            "seconds": time.perf_counter() - self.epoch_started,
+        }
+        self.history.append(row)
+        self.on_epoch_saved(epoch + 1)
+        self.report(ProgressEvent(self.phase, epoch=epoch + 1, epochs=self.epochs, batch=self.batches,
+                                  batches=self.batches, metrics=row, history=list(self.history)))
+
+    @property
+    def _epoch(self) -> int:
+        return sum(1 for row in self.history if row["phase"] == self.phase)

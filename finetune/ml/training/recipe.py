@@ -1,0 +1,278 @@
+"""The two-phase recipe of the seed, top to bottom: prepare the data, build the classifier (or resume
+it from a checkpoint), train the new head on the frozen backbone (warmup), unfreeze the last block and
+fine-tune (finetune), evaluate on the held-out split. `train` is the whole recipe; `_Run` holds what
+its steps share (the data, the device strategy, the history, the checkpoint state)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetune.errors import JobCancelled
+from finetune.ml.backbones import get_backbone
+from finetune.ml.checkpoint import HEAD, MODEL, Checkpointer, Resumed, TrainingState
+from finetune.ml.devices import DevicePlan, apply_precision, detect_gpus, make_strategy, plan_devices
+from finetune.ml.evaluation import evaluate_predictions
+from finetune.ml.network import assemble, build_backbone, build_head, compile_for, unfreeze_from
+from finetune.ml.pipeline import RandomAffine, decode_dataset, make_dataset
+from finetune.ml.scan import Skipped, scan_dataset, stratified_split
+from finetune.ml.spec import PhaseSpec, TrainingSpec
+from finetune.ml.training.callbacks import (CancelFn, PhaseCallback, ProgressEvent, ProgressFn, never,
+                                            no_progress)
+from finetune.ml.training.feeding import ImageFeeder, feature_stream, inference
+from finetune.ml.training.validation import Validation, validation_cut
+from finetune.states import Phase
+
+__all__ = ["ProgressEvent", "TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    spec: TrainingSpec
+    classes: list[str]
+    metrics: dict
+    warmup_metrics: dict | None
+    history: list[dict]
+    timings: dict
+    skipped: list[Skipped] = field(default_factory=list)
+    num_train: int = 0
+    num_validation: int = 0
+
+
+@dataclass
+class PreparedData:
+    """The decoded images (one uint8 array, in memory or memory-mapped) with their labels and split."""
+
+    classes: list[str]
+    pixels: np.ndarray
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    skipped: list[Skipped]
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.labels[self.train_idx]
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return self.labels[self.val_idx]
+
+
+@dataclass
+class Networks:
+    """The classifier (input -> backbone -> head) and its two parts, trained in place."""
+
+    model: keras.Model
+    backbone: keras.Model
+    head: keras.Model | None  # None when resumed in the finetune (only the whole model is needed)
+
+
+def train(
+    spec: TrainingSpec,
+    *,
+    dataset_dir: str | Path,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    max_pixels: int = 50_000_000,
+    device_plan: DevicePlan | None = None,
+) -> TrainResult:
+    """Run the recipe on `dataset_dir` and return the trained model with its evaluations and timings.
+
+    With `checkpoint_dir`, the state after every epoch is saved there and a later call with the
+    same folder resumes from it. `should_cancel` is asked after every batch; it may also raise.
+    """
+    started = time.perf_counter()
+    report = progress or no_progress
+    report(ProgressEvent(Phase.LOADING))
+    keras.utils.set_random_seed(spec.seed)  # the head's initial weights, dropout and augmentation too, not only the split
+    plan = device_plan or plan_devices(detect_gpus())
+    apply_precision(plan)
+    data = prepare_data(spec, dataset_dir, cache_dir=cache_dir, max_pixels=max_pixels)
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
+    resumed = checkpointer.load() if checkpointer else None
+    run = _Run(spec, data, plan, report=report, cancelled=should_cancel or never, checkpointer=checkpointer,
+               state=resumed.state if resumed else TrainingState())
+    run.timings["load_s"] = time.perf_counter() - started
+
+    networks = run.build_or_resume(resumed)
+    if run.state.phase == Phase.WARMUP:
+        run.warmup(networks)
+    if spec.finetune is not None:
+        run.finetune(networks)
+    return run.result(networks)
+
+
+def prepare_data(spec: TrainingSpec, dataset_dir: str | Path, *, cache_dir: str | Path | None,
+                 max_pixels: int) -> PreparedData:
+    """Scan, decode at the spec's size (memory-mapped under `cache_dir` when large) and split, stratified."""
+    scan = scan_dataset(dataset_dir, probe=False, max_pixels=max_pixels)
+    decoded = decode_dataset(scan, size=spec.image_size, max_pixels=max_pixels,
+                             cache_dir=Path(cache_dir) if cache_dir else None)
+    train_idx, val_idx = stratified_split(decoded.labels, validation_split=spec.validation_split, seed=spec.seed)
+    return PreparedData(decoded.scan.classes, decoded.pixels, decoded.labels, train_idx, val_idx,
+                        decoded.scan.skipped)
+
+
+def _jit_compile() -> bool | str:
+    """XLA only where there is a GPU: on CPU it made MobileNet's train step 3-8x slower (BENCHMARKS.md)."""
+    return "auto" if tf.config.list_physical_devices("GPU") else False
+
+
+class _Run:
+    """One call of `train`: the steps of the recipe over shared data, strategy, history and state."""
+
+    def __init__(self, spec: TrainingSpec, data: PreparedData, plan: DevicePlan, *, report: ProgressFn,
+                 cancelled: CancelFn, checkpointer: Checkpointer | None, state: TrainingState):
+        self.spec, self.data, self.plan, self.state = spec, data, plan, state
+        self.report, self.cancelled, self.checkpointer = report, cancelled, checkpointer
+        self.strategy = make_strategy(plan)
+        self.batch_size = spec.batch_size * plan.replicas
+        self.jit_compile = _jit_compile()
+        self.preprocess = get_backbone(spec.backbone).preprocess()
+        self.augment = RandomAffine(spec.augmentation, then=self.preprocess) if spec.augmentation is not None else None
+        # One copy of the images: the decoded array (or memory map), gathered batch by batch with numpy.
+        # As a tensor, TensorFlow's copy of it peaked at three times its size while converting.
+        self.images = ImageFeeder(data.pixels, self.preprocess, self.batch_size)
+        self.batches = int(np.ceil(len(data.train_idx) / self.batch_size))
+        self.timings = {"load_s": 0.0, "warmup_s": 0.0, "finetune_s": 0.0,
+                        "images_per_s": {"warmup": None, "finetune": None}}
+        self.validation: Validation | None = None
+
+    # --- build -----------------------------------------------------------------------------
+
+    def build_or_resume(self, resumed: Resumed | None) -> Networks:
+        """A new classifier from the spec, or the one (or the head) a checkpoint saved; and the
+        whole model's validation, shared by both phases."""
+        spec, trainee = self.spec, resumed.trainee if resumed else None
+        with self.strategy.scope():
+            if trainee is not None and (self.state.trainee == MODEL or self.state.phase == Phase.FINETUNE):
+                networks = Networks(trainee, trainee.layers[1], None)
+            else:
+                backbone = build_backbone(spec)
+                head = trainee if trainee is not None else build_head(
+                    tuple(backbone.output.shape[1:]), head=spec.head, num_classes=len(self.data.classes))
+                networks = Networks(assemble(backbone, head, image_size=spec.image_size), backbone, head)
+        self.validation = self._whole_model_validation(networks.backbone, networks.model)
+        return networks
+
+    def _whole_model_validation(self, backbone: keras.Model, model: keras.Model) -> Validation:
+        """Cut where the finetune unfreezes (or after the backbone): the layers before the cut stay
+        frozen throughout, so their activations on the held-out images are computed once."""
+        data, cut = self.data, None
+        if self.plan.replicas == 1:
+            cut_at = self.spec.unfreeze_index if self.spec.finetune is not None else len(backbone.layers)
+            cut = validation_cut(backbone, cut_at, count=len(data.val_idx), budget_bytes=int(data.pixels.nbytes))
+        return Validation(model, backbone, self.images, data.val_idx, data.val_labels, cut=cut)
+
+    # --- phase 1: the head on the frozen backbone -------------------------------------------
+
+    def warmup(self, networks: Networks) -> None:
+        """Train the new head with the backbone frozen; then evaluate it (the `warmup_metrics`).
+        Without augmentation (and on one device) the backbone's features are computed once per image
+        and the head trains on them alone."""
+        use_feature_cache = self.spec.augmentation is None and self.plan.replicas == 1
+        if use_feature_cache and self.state.trainee != MODEL:
+            validation = self._warmup_on_features(networks)
+        else:
+            with self.strategy.scope():
+                if self.state.trainee is None:
+                    compile_for(networks.model, self.spec.warmup, jit_compile=self.jit_compile)
+            self._fit(Phase.WARMUP, self.spec.warmup, networks.model, self._image_stream, self.validation,
+                      trainee_kind=MODEL)
+            validation = self.validation
+        self.report(ProgressEvent(Phase.EVALUATING))
+        self.state.warmup_metrics = evaluate_predictions(self.data.val_labels, validation.predicted_labels(),
+                                                         self.data.classes)
+
+    def _warmup_on_features(self, networks: Networks) -> Validation:
+        data, head, started = self.data, networks.head, time.perf_counter()
+        self.report(ProgressEvent(Phase.WARMUP, epochs=self.spec.warmup.epochs, batches=self.batches))
+        with self.strategy.scope():
+            extract = self.images.mapper(inference(networks.backbone))
+            train_features, val_features = extract(data.train_idx), extract(data.val_idx)
+        feature_s = time.perf_counter() - started
+        if self.cancelled():
+            raise JobCancelled("cancelled during training")
+
+        def stream(epochs: int) -> tf.data.Dataset:
+            return feature_stream(train_features, data.train_labels, batch_size=self.batch_size,
+                                  seed=self.spec.seed, epochs=epochs)
+
+        validation = Validation.of_features(head, val_features, data.val_labels)
+        with self.strategy.scope():
+            if self.state.trainee != HEAD:
+                compile_for(head, self.spec.warmup, jit_compile=self.jit_compile)
+        self._fit(Phase.WARMUP, self.spec.warmup, head, stream, validation, trainee_kind=HEAD,
+                  extra_train_s=feature_s)
+        return validation
+
+    # --- phase 2: the last block unfrozen ---------------------------------------------------
+
+    def finetune(self, networks: Networks) -> None:
+        """Unfreeze from `unfreeze_from`, recompile with the finetune's optimizer and train the whole model."""
+        resuming = self.state.phase == Phase.FINETUNE
+        with self.strategy.scope():
+            if not resuming:
+                unfreeze_from(networks.backbone, self.spec.unfreeze_index)
+                compile_for(networks.model, self.spec.finetune, jit_compile=self.jit_compile)
+        self._fit(Phase.FINETUNE, self.spec.finetune, networks.model, self._image_stream, self.validation,
+                  trainee_kind=MODEL, initial_epoch=self.state.epoch if resuming else 0)
+
+    # --- evaluate ---------------------------------------------------------------------------
+
+    def result(self, networks: Networks) -> TrainResult:
+        """The final metrics on the held-out split (the warmup's when there is no finetune)."""
+        data, state = self.data, self.state
+        if self.spec.finetune is None and state.warmup_metrics is not None:
+            metrics = state.warmup_metrics
+        else:
+            self.report(ProgressEvent(Phase.EVALUATING))
+            metrics = evaluate_predictions(data.val_labels, self.validation.predicted_labels(), data.classes)
+        return TrainResult(model=networks.model, spec=self.spec, classes=data.classes, metrics=metrics,
+                           warmup_metrics=state.warmup_metrics, history=state.history, timings=self.timings,
+                           skipped=data.skipped, num_train=len(data.train_idx), num_validation=len(data.val_idx))
+
+    # --- shared by both phases --------------------------------------------------------------
+
+    def _image_stream(self, epochs: int) -> tf.data.Dataset:
+        """The training images, augmented and preprocessed, reshuffled every epoch, for `epochs` epochs."""
+        return make_dataset(self.data.pixels, self.data.labels, subset=self.data.train_idx,
+                            batch_size=self.batch_size, preprocess=self.preprocess, augmentation=self.augment,
+                            shuffle_seed=self.spec.seed, epochs=epochs)
+
+    def _fit(self, name: str, phase: PhaseSpec, trainee: keras.Model, stream, validation: Validation, *,
+             trainee_kind: str, initial_epoch: int | None = None, extra_train_s: float = 0.0) -> None:
+        """`fit` the phase's remaining epochs, validating, reporting and checkpointing each."""
+        if initial_epoch is None:
+            initial_epoch = self.state.epoch if self.state.phase == name else 0
+
+        def save(epoch: int) -> None:
+            if self.checkpointer:
+                self.checkpointer.save(trainee, TrainingState(
+                    phase=name, epoch=epoch, history=self.state.history,
+                    warmup_metrics=self.state.warmup_metrics, trainee=trainee_kind))
+
+        callback = PhaseCallback(phase=name, epochs=phase.epochs, batches=self.batches, history=self.state.history,
+                                 report=self.report, should_cancel=self.cancelled, on_epoch_saved=save,
+                                 validation=validation)
+        started = time.perf_counter()
+        if phase.epochs > initial_epoch:
+            validation.latest = None  # the weights are about to change
+            self.report(ProgressEvent(name, epoch=initial_epoch, epochs=phase.epochs, batches=self.batches))
+            # One stream for the phase's epochs (`batches` steps each): the input pipeline keeps running
+            # from one epoch into the next, preparing its first batches while this one validates.
+            trainee.fit(stream(phase.epochs - initial_epoch), epochs=phase.epochs, initial_epoch=initial_epoch,
+                        steps_per_epoch=self.batches, callbacks=[callback], verbose=0, shuffle=False)
+        self.timings[f"{name}_s"] = time.perf_counter() - started + extra_train_s
+        train_s = callback.train_seconds + extra_train_s
+        if callback.epochs_run and train_s > 0:
+            self.timings["images_per_s"][name] = len(self.data.train_idx) * callback.epochs_run / train_s

@@ -1,0 +1,101 @@
+"""The records the stores keep, each shape defined once: a job (Redis), a dataset (`dataset.json`),
+a model (`manifest.json`). The stores build them through these classes, so a record can't be
+written with a field missing or misspelled; the API's `*Public` schemas are these same classes
+(app/schemas.py), so the REST contract and the stored shape can't drift apart.
+
+The stores hand records on as the JSON-shaped mappings they store (`to_json`): the runner patches
+job records field by field in Redis, and a manifest carries open-ended sections (exports, thresholds)
+that newer versions add."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from finetune.ids import new_id, now_iso
+from finetune.states import JobStatus, Phase
+
+
+class _Record(BaseModel):
+    def to_json(self) -> dict:
+        """The record as stored: plain JSON types (statuses as their strings)."""
+        return self.model_dump(mode="json")
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobRecord(_Record):
+    """A job as Redis keeps it and `GET /jobs/{id}` shows it."""
+
+    id: str
+    status: JobStatus
+    spec: dict[str, Any]
+    dataset_id: str
+    phase: Phase | None = None
+    epoch: int = 0
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    progress: float = Field(default=0.0, description="0..1 over both phases")
+    metrics: dict[str, Any] | None = Field(default=None, description="the latest epoch's metrics")
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    eta_seconds: float | None = None
+    model_id: str | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    worker: str | None = Field(default=None, description="host:pid of the job process running it")
+    heartbeat_at: float | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @classmethod
+    def new(cls, spec: dict[str, Any], dataset_id: str) -> "JobRecord":
+        return cls(id=new_id(), status=JobStatus.QUEUED, spec=spec, dataset_id=dataset_id, created_at=now_iso())
+
+
+class DatasetRecord(_Record):
+    """An uploaded dataset (`dataset.json`)."""
+
+    id: str
+    name: str
+    classes: list[str]
+    counts: dict[str, int]
+    num_images: int
+    skipped: list[SkippedFile]
+    created_at: str
+
+
+class ModelManifest(_Record):
+    """A saved model's record (`manifest.json`). Open: sections added later (exports, aliases' history)
+    are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    id: str
+    created_at: str
+    job_id: str | None
+    dataset_id: str | None
+    spec: dict[str, Any]
+    classes: list[str]
+    image_size: int
+    backbone: str
+    alpha: float | None = None
+    metrics: dict[str, Any]
+    warmup_metrics: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    timings: dict[str, Any]
+    num_train: int = 0
+    num_validation: int = 0
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    model_file: str = "model.keras"
+    versions: dict[str, str] = Field(default_factory=dict)
