@@ -18,10 +18,10 @@ from app.metrics import AppMetrics
 from app.queue import make_enqueue
 from app.routers import backbones, datasets, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
-from finetune.ml.backbones import BACKBONES, describe_layers
 from finetune.errors import NotFound
-from finetune.ml.predictor import set_threads_per_op
 from finetune.execution.reaper import start_reaper
+from finetune.ml.backbones import BACKBONES, describe_layers
+from finetune.ml.predictor import set_threads_per_op
 from finetune.service import Service
 from finetune.settings import Settings, get_settings
 from finetune.stores.location import remove_stale_temporaries
@@ -56,8 +56,7 @@ def _remove_leftovers(service: Service, settings: Settings) -> None:
     older = settings.stale_temp_after_s
     try:
         removed = [
-            *remove_stale_temporaries(settings.cache.uploads, prefixes=(".upload-",),
-                                      older_than_s=older),
+            *remove_stale_temporaries(settings.cache.uploads, prefixes=(".upload-",), older_than_s=older),
             *service.datasets.remove_stale_staging(older_than_s=older),
             *service.models.remove_stale_staging(older_than_s=older),
         ]
@@ -78,7 +77,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
         if not settings.api_key_list:
             log.warning("*** API_KEYS is not set: every route is open to anyone who can reach this port ***")
         if not set_threads_per_op(settings.predict_threads):
-            log.warning("TensorFlow ran before the API started: PREDICT_THREADS=%d not applied", settings.predict_threads)
+            log.warning(
+                "TensorFlow ran before the API started: PREDICT_THREADS=%d not applied", settings.predict_threads
+            )
         await asyncio.get_running_loop().run_in_executor(None, _remove_leftovers, app.state.service, settings)
         preload = asyncio.get_running_loop().run_in_executor(None, _warm_up, app.state.service)
         reaper = start_reaper(settings, enqueue=app.state.service.enqueue)
@@ -95,8 +96,14 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     install_error_handlers(app)
 
     protected = [Depends(require_api_key)]
-    for router in (datasets.router, jobs.router, models.router, predict.router, backbones.router,
-                   health.metrics_router):
+    for router in (
+        datasets.router,
+        jobs.router,
+        models.router,
+        predict.router,
+        backbones.router,
+        health.metrics_router,
+    ):
         app.include_router(router, dependencies=protected)
     app.include_router(health.router)
 
@@ -110,8 +117,12 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     app.add_middleware(EarlyApiKeyCheck, keys=settings.api_key_list)
     app.add_middleware(app.state.metrics.middleware)
     if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=int(settings.max_upload_mb * 1024 * 1024))
     return app
 

@@ -30,14 +30,23 @@ class JobsCollector:
 class AppMetrics:
     def __init__(self, service_getter):
         self.registry = CollectorRegistry()
-        self.requests = Counter("finetune_http_requests", "HTTP requests", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("finetune_http_request_seconds", "HTTP request latency", ["method", "route"],
-                                 registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.requests = Counter(
+            "finetune_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "finetune_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.predictions = Counter("finetune_predictions", "Images classified", registry=self.registry)
-        self.batch_images = Histogram("finetune_predict_batch_images", "Images per forward pass of /predict's micro-batcher",
-                                      registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.batch_images = Histogram(
+            "finetune_predict_batch_images",
+            "Images per forward pass of /predict's micro-batcher",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
         self.registry.register(JobsCollector(service_getter))
 
     def observe_batch(self, images: int, seconds: float) -> None:

@@ -9,11 +9,17 @@ from finetune.execution.protocol import JOB_QUEUE, RUN_JOB_TASK
 
 def make_enqueue(redis_url: str):
     client = Celery("finetune-api", broker=redis_url)
-    client.conf.update(broker_connection_timeout=3, broker_connection_retry=False,
-                       broker_transport_options={"max_retries": 1})
+    client.conf.update(
+        broker_connection_timeout=3, broker_connection_retry=False, broker_transport_options={"max_retries": 1}
+    )
 
     def enqueue(job_id: str) -> None:
-        client.send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE,
-                         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+        client.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=JOB_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
 
     return enqueue

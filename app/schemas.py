@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,11 +31,21 @@ class DatasetPublic(BaseModel):
     skipped: list[SkippedFile]
     created_at: str
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "3f2a9c1d4b5e6f70", "name": "animals", "classes": ["cats", "dogs"],
-        "counts": {"cats": 60, "dogs": 60}, "num_images": 120,
-        "skipped": [{"path": "cats/notes.txt", "reason": "not an image file (.txt)"}],
-        "created_at": "2026-11-28T10:00:00+00:00"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f2a9c1d4b5e6f70",
+                    "name": "animals",
+                    "classes": ["cats", "dogs"],
+                    "counts": {"cats": 60, "dogs": 60},
+                    "num_images": 120,
+                    "skipped": [{"path": "cats/notes.txt", "reason": "not an image file (.txt)"}],
+                    "created_at": "2026-11-28T10:00:00+00:00",
+                }
+            ]
+        }
+    )
 
 
 class DatasetSamples(BaseModel):
@@ -46,11 +56,28 @@ class DatasetSamples(BaseModel):
 class JobCreate(JobSpec):
     """A job spec: every field optional but `dataset_id`; defaults are the seed's recipe."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "dataset_id": "3f2a9c1d4b5e6f70", "backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet",
-        "image_size": 224, "batch_size": 32,
-        "warmup": {"epochs": 5, "optimizer": "rmsprop", "learning_rate": 0.001},
-        "finetune": {"epochs": 5, "optimizer": "sgd", "learning_rate": 0.001, "unfreeze_from": "conv_dw_13"}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": "3f2a9c1d4b5e6f70",
+                    "backbone": "mobilenet",
+                    "alpha": 0.25,
+                    "weights": "imagenet",
+                    "image_size": 224,
+                    "batch_size": 32,
+                    "warmup": {"epochs": 5, "optimizer": "rmsprop", "learning_rate": 0.001},
+                    "finetune": {
+                        "epochs": 5,
+                        "optimizer": "sgd",
+                        "learning_rate": 0.001,
+                        "unfreeze_from": "conv_dw_13",
+                    },
+                }
+            ]
+        },
+    )
 
 
 class JobError(BaseModel):
@@ -126,10 +153,24 @@ class PredictResponse(BaseModel):
     model_id: str
     results: list[ImagePredictions]
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "model_id": "8c1d2e3f4a5b6c7d",
-        "results": [{"filename": "cat.jpg", "predictions": [{"label": "cats", "probability": 0.97},
-                                                            {"label": "dogs", "probability": 0.03}]}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "8c1d2e3f4a5b6c7d",
+                    "results": [
+                        {
+                            "filename": "cat.jpg",
+                            "predictions": [
+                                {"label": "cats", "probability": 0.97},
+                                {"label": "dogs", "probability": 0.03},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
 
 class BackbonePublic(BaseModel):

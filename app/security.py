@@ -44,8 +44,12 @@ class EarlyApiKeyCheck:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] == "http" and self.keys and scope["method"] in BODY_METHODS
-                and not key_is_valid(presented_key(Request(scope)), self.keys)):
+        if (
+            scope["type"] == "http"
+            and self.keys
+            and scope["method"] in BODY_METHODS
+            and not key_is_valid(presented_key(Request(scope)), self.keys)
+        ):
             response = JSONResponse({"detail": MESSAGE}, status_code=401, headers={"Connection": "close"})
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)

@@ -51,8 +51,14 @@ class Ceilings:
         return asdict(self)
 
 
-_HIGHER_IS_BETTER = ("forward_ips", "phase1_step_ips", "phase2_step_ips", "forward_b8_ips", "forward_b32_ips",
-                     "augment_ips")
+_HIGHER_IS_BETTER = (
+    "forward_ips",
+    "phase1_step_ips",
+    "phase2_step_ips",
+    "forward_b8_ips",
+    "forward_b32_ips",
+    "augment_ips",
+)
 _LOWER_IS_BETTER = ("latency_b1_ms", "latency_b1_p95_ms", "forward_b8_cpu_ms")
 
 
@@ -92,9 +98,14 @@ def _augment_ips(spec: TrainingSpec, rng: np.random.Generator, *, images: int = 
     from finetune.ml.pipeline import make_dataset
 
     pixels = rng.integers(0, 256, (images, spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    data = make_dataset(pixels, np.zeros(images, np.int64), batch_size=spec.batch_size,
-                        preprocess=get_backbone(spec.backbone).preprocess(),
-                        augmentation=spec.augmentation, shuffle_seed=0)
+    data = make_dataset(
+        pixels,
+        np.zeros(images, np.int64),
+        batch_size=spec.batch_size,
+        preprocess=get_backbone(spec.backbone).preprocess(),
+        augmentation=spec.augmentation,
+        shuffle_seed=0,
+    )
     best = 0.0
     for number in range(passes + 1):
         started = time.perf_counter()

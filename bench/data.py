@@ -25,12 +25,14 @@ def class_style(index: int, classes: int) -> tuple[float, int]:
     return index / max(classes, 1), _PERIODS[(index * 5) % len(_PERIODS)]
 
 
-def _class_image(rng: np.random.Generator, style: tuple[float, int], size: tuple[int, int],
-                 hue_jitter: float = 0.0) -> Image.Image:
+def _class_image(
+    rng: np.random.Generator, style: tuple[float, int], size: tuple[int, int], hue_jitter: float = 0.0
+) -> Image.Image:
     """One noisy image in the class's hue (jittered) with stripes of the class's period."""
     (hue, period), (width, height) = style, size
-    red, green, blue = colorsys.hsv_to_rgb((hue + rng.uniform(-hue_jitter, hue_jitter)) % 1.0,
-                                           rng.uniform(0.55, 0.85), rng.uniform(0.6, 0.9))
+    red, green, blue = colorsys.hsv_to_rgb(
+        (hue + rng.uniform(-hue_jitter, hue_jitter)) % 1.0, rng.uniform(0.55, 0.85), rng.uniform(0.6, 0.9)
+    )
     ys, xs = np.mgrid[0:height, 0:width]
     angle = rng.uniform(0, np.pi)
     phase = (xs * np.cos(angle) + ys * np.sin(angle)) / period
@@ -68,9 +70,7 @@ def generate_dataset(
 def list_images(root: Path) -> list[tuple[Path, str]]:
     """(path, class name) for every image under ``root/<class>/``, sorted for determinism."""
     return [
-        (path, path.parent.name)
-        for path in sorted(Path(root).glob("*/*"))
-        if path.suffix.lower() in IMAGE_EXTENSIONS
+        (path, path.parent.name) for path in sorted(Path(root).glob("*/*")) if path.suffix.lower() in IMAGE_EXTENSIONS
     ]
 
 

@@ -52,9 +52,7 @@ class ProjectRun:
             "num_train": self.num_train,
             "load_s": self.result.timings["load_s"] if self.result is not None else None,
             "history": self.result.history if self.result is not None else [],
-            "phases": {
-                name: {**vars(phase), "wall_ips": phase.wall_ips} for name, phase in self.phases.items()
-            },
+            "phases": {name: {**vars(phase), "wall_ips": phase.wall_ips} for name, phase in self.phases.items()},
         }
 
 
@@ -88,8 +86,13 @@ def run_project(data_dir: Path, spec: TrainingSpec, *, label: str) -> ProjectRun
     start = time.perf_counter()
     result = train(spec, dataset_dir=Path(data_dir), progress=clock)
     total_s = time.perf_counter() - start
-    run = ProjectRun(label=label, total_s=total_s, accuracy=float(result.metrics["accuracy"]),
-                     num_train=result.num_train, result=result)
+    run = ProjectRun(
+        label=label,
+        total_s=total_s,
+        accuracy=float(result.metrics["accuracy"]),
+        num_train=result.num_train,
+        result=result,
+    )
     phases = {"warmup": spec.warmup, "finetune": spec.finetune}
     for name, phase in phases.items():
         if phase is None or not phase.epochs:
@@ -137,9 +140,18 @@ def _peak_rss_bytes() -> int:
     return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_in_child(data_dir: Path, spec: TrainingSpec, *, label: str, work_dir: Path,
-                 model_dir: Path | None = None, copies: int = 1, classes: int = 0,
-                 ceilings: dict | None = None, timeout_s: float = 3600) -> dict:
+def run_in_child(
+    data_dir: Path,
+    spec: TrainingSpec,
+    *,
+    label: str,
+    work_dir: Path,
+    model_dir: Path | None = None,
+    copies: int = 1,
+    classes: int = 0,
+    ceilings: dict | None = None,
+    timeout_s: float = 3600,
+) -> dict:
     """``run_project`` in a child process; its ``as_dict()`` plus ``memory``, and with ``model_dir``
     ``model_ids``: the model saved ``copies`` times into the store there (``model_id``: the first).
     With ``ceilings`` (``measure_ceilings`` keywords), the child also measures the ceilings for
@@ -149,14 +161,29 @@ def run_in_child(data_dir: Path, spec: TrainingSpec, *, label: str, work_dir: Pa
     name = "project-" + "".join(c if c.isalnum() else "-" for c in label)[:40].strip("-")
     request, answer, log = (work_dir / f"{name}{suffix}" for suffix in (".request.json", ".json", ".log"))
     answer.unlink(missing_ok=True)
-    request.write_text(json.dumps({"data_dir": str(data_dir), "spec": spec.model_dump(mode="json"), "label": label,
-                                   "model_dir": str(model_dir) if model_dir else None, "copies": copies,
-                                   "classes": classes, "ceilings": ceilings,
-                                   "answer": str(answer)}))
+    request.write_text(
+        json.dumps(
+            {
+                "data_dir": str(data_dir),
+                "spec": spec.model_dump(mode="json"),
+                "label": label,
+                "model_dir": str(model_dir) if model_dir else None,
+                "copies": copies,
+                "classes": classes,
+                "ceilings": ceilings,
+                "answer": str(answer),
+            }
+        )
+    )
     with open(log, "wb") as out:
-        completed = subprocess.run([sys.executable, "-m", "bench.project", str(request)], stdout=out,
-                                   stderr=subprocess.STDOUT, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1],
-                                   env=os.environ.copy())
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.project", str(request)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            cwd=Path(__file__).resolve().parents[1],
+            env=os.environ.copy(),
+        )
     if completed.returncode != 0 or not answer.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"the project's training exited with {completed.returncode}; its log ends:\n{tail}")

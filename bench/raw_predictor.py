@@ -46,8 +46,12 @@ def measure(model_dir: Path, model_id: str, *, threads: int, streams: int, calls
 
     predictor.predict_pixels(batch)
     seconds = timed_threads(stream, streams)
-    return {"threads": threads, "streams": streams, "latency_b1_ms": statistics.median(latencies),
-            "forward_b8_ips": streams * calls * len(batch) / seconds}
+    return {
+        "threads": threads,
+        "streams": streams,
+        "latency_b1_ms": statistics.median(latencies),
+        "forward_b8_ips": streams * calls * len(batch) / seconds,
+    }
 
 
 def measure_in_child(model_dir: Path, model_id: str, *, threads: int, streams: int, timeout_s: float = 600) -> dict:
@@ -55,7 +59,11 @@ def measure_in_child(model_dir: Path, model_id: str, *, threads: int, streams: i
 
     completed = subprocess.run(
         [sys.executable, "-m", "bench.raw_predictor", str(model_dir), model_id, str(threads), str(streams)],
-        capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1])
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"bench.raw_predictor exited with {completed.returncode}: {completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])

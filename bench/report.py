@@ -43,9 +43,11 @@ def _phase_figures(results: dict) -> dict:
     ):
         out[key] = {
             "ceiling": ceiling,
-            "seed_steady": _get(seed_phase, "steady_ips"), "seed_train": _get(seed_phase, "train_ips"),
+            "seed_steady": _get(seed_phase, "steady_ips"),
+            "seed_train": _get(seed_phase, "train_ips"),
             "seed_wall": _get(seed_phase, "fit_ips"),
-            "project_steady": _get(project, "steady_ips"), "project_train": _get(project, "reported_ips"),
+            "project_steady": _get(project, "steady_ips"),
+            "project_train": _get(project, "reported_ips"),
             "project_wall": _get(project, "wall_ips"),
         }
     return out
@@ -66,17 +68,24 @@ def derive(results: dict) -> dict:
     ratio["cache_wall_vs_ceiling"] = _ratio(cache["project_wall"], cache["ceiling"])
     ratio["cache_speedup_vs_seed_wall"] = _ratio(cache["project_wall"], cache["seed_wall"])
     ratio["cache_wall_vs_augmented_wall"] = _ratio(cache["project_wall"], phases["warmup"]["project_wall"])
-    seed_accuracy = _get(seed, "finetune", "val_accuracy") if _get(seed, "finetune") else _get(
-        seed, "warmup", "val_accuracy")
+    seed_accuracy = (
+        _get(seed, "finetune", "val_accuracy") if _get(seed, "finetune") else _get(seed, "warmup", "val_accuracy")
+    )
     project_accuracy = _get(results, "project_aug", "accuracy")
     accuracy = {
         "seed": seed_accuracy,
         "project": project_accuracy,
-        "project_minus_seed": None if seed_accuracy is None or project_accuracy is None
+        "project_minus_seed": None
+        if seed_accuracy is None or project_accuracy is None
         else project_accuracy - seed_accuracy,
     }
-    figures = {"phases": phases, "ratio": ratio, "accuracy": accuracy, "serving": {},
-               "memory": _memory_figures(results)}
+    figures = {
+        "phases": phases,
+        "ratio": ratio,
+        "accuracy": accuracy,
+        "serving": {},
+        "memory": _memory_figures(results),
+    }
     if serving and ceil:
         levels = {level["clients"]: level for level in serving["levels"]}
         raw = ceil["latency_b1_ms"]
@@ -94,7 +103,8 @@ def derive(results: dict) -> dict:
         }
         api_raw = _get(serving, "raw", "api") or {}
         figures["serving"]["p50_overhead_vs_api_raw_ms"] = (
-            serving["p50_ms"] - api_raw["latency_b1_ms"] if api_raw.get("latency_b1_ms") else None)
+            serving["p50_ms"] - api_raw["latency_b1_ms"] if api_raw.get("latency_b1_ms") else None
+        )
         if 8 in levels:
             figures["serving"]["c8_vs_b8"] = figures["serving"]["levels"][8]["vs_b8"]
             figures["serving"]["c8_vs_api_raw_b8"] = _ratio(levels[8]["throughput"], api_raw.get("forward_b8_ips"))
@@ -114,8 +124,12 @@ def _cpu_bound(level: dict, ceil: dict, cores: int | None) -> dict | None:
         return None
     rps = 1000.0 * cores / per_request
     forward_ms = ceil.get("forward_b8_cpu_ms")
-    return {"rps": rps, "vs_b8": _ratio(rps, ceil.get("forward_b8_ips")), "forward_ms": forward_ms,
-            "rest_ms": None if forward_ms is None else level["server_cpu_ms"] - forward_ms}
+    return {
+        "rps": rps,
+        "vs_b8": _ratio(rps, ceil.get("forward_b8_ips")),
+        "forward_ms": forward_ms,
+        "rest_ms": None if forward_ms is None else level["server_cpu_ms"] - forward_ms,
+    }
 
 
 def _memory_figures(results: dict) -> dict:
@@ -129,8 +143,12 @@ def _memory_figures(results: dict) -> dict:
         if small:
             small_growth = small["peak_rss"] - small["baseline_rss"]
             data_growth, data_bytes = growth - small_growth, memory["decoded_bytes"] - small["decoded_bytes"]
-            out.update(worker_fixed=small_growth, worker_data_growth=data_growth, worker_data_bytes=data_bytes,
-                       worker_data_growth_vs_decoded=_ratio(float(data_growth), data_bytes) if data_bytes > 0 else None)
+            out.update(
+                worker_fixed=small_growth,
+                worker_data_growth=data_growth,
+                worker_data_bytes=data_bytes,
+                worker_data_growth_vs_decoded=_ratio(float(data_growth), data_bytes) if data_bytes > 0 else None,
+            )
     steps = _get(results, "serving", "memory", "steps")
     cache_size = _get(results, "serving", "memory", "cache_size")
     if steps and cache_size and cache_size > 1 and len(steps) >= cache_size + 1:
@@ -138,8 +156,11 @@ def _memory_figures(results: dict) -> dict:
         # memory added per cached model, from one model loaded to the cache's size
         per_model = (rss[cache_size - 1] - rss[0]) / (cache_size - 1)
         past = max(rss[cache_size:]) - rss[cache_size - 1]
-        out.update(api_per_model=per_model, api_past_cache=past,
-                   api_past_cache_vs_per_model=_ratio(float(past), per_model) if per_model else None)
+        out.update(
+            api_per_model=per_model,
+            api_past_cache=past,
+            api_past_cache_vs_per_model=_ratio(float(past), per_model) if per_model else None,
+        )
     return out
 
 
@@ -169,20 +190,27 @@ def _environment(meta: dict) -> list[str]:
     return [
         "## Machine and command",
         "",
-        *_table(["", ""], [
-            ["CPU", meta["cpu"]],
-            ["cores (os.cpu_count)", str(meta["cores"])],
-            ["python", versions["python"]],
-            ["tensorflow / keras (Keras 3) / tf_keras (Keras 2)",
-             f"{versions['tensorflow']} / {versions['keras']} / {versions['tf_keras']}"],
-            ["command", f"`{meta['command']}`"],
-            ["model", meta["model"]],
-            ["dataset", meta["dataset"]],
-            ["date (UTC)", meta["started"]],
-            ["load average (1/5/15 min) at start, at end",
-             f"{_load(meta.get('load_average_start'))}; {_load(meta.get('load_average_end'))}"],
-            ["whole run", _fmt(meta.get("total_s"), 0, " s")],
-        ]),
+        *_table(
+            ["", ""],
+            [
+                ["CPU", meta["cpu"]],
+                ["cores (os.cpu_count)", str(meta["cores"])],
+                ["python", versions["python"]],
+                [
+                    "tensorflow / keras (Keras 3) / tf_keras (Keras 2)",
+                    f"{versions['tensorflow']} / {versions['keras']} / {versions['tf_keras']}",
+                ],
+                ["command", f"`{meta['command']}`"],
+                ["model", meta["model"]],
+                ["dataset", meta["dataset"]],
+                ["date (UTC)", meta["started"]],
+                [
+                    "load average (1/5/15 min) at start, at end",
+                    f"{_load(meta.get('load_average_start'))}; {_load(meta.get('load_average_end'))}",
+                ],
+                ["whole run", _fmt(meta.get("total_s"), 0, " s")],
+            ],
+        ),
         "",
     ]
 
@@ -190,9 +218,7 @@ def _environment(meta: dict) -> list[str]:
 def _passes(ceil: dict) -> str:
     passes = ceil.get("passes") or []
     names = (("forward", "forward_ips"), ("phase-1 step", "phase1_step_ips"), ("phase-2 step", "phase2_step_ips"))
-    return "; ".join(
-        f"{label} " + " / ".join(_fmt(p[key]) for p in passes) for label, key in names
-    ) if passes else NA
+    return "; ".join(f"{label} " + " / ".join(_fmt(p[key]) for p in passes) for label, key in names) if passes else NA
 
 
 def _mb(value) -> str:
@@ -210,34 +236,51 @@ def _training(results: dict, figures: dict) -> list[str]:
     ceil, seed = project_ceilings(results), results.get("seed") or {}
     run_ceil = results.get("ceilings") or {}
     phases, ratio = figures["phases"], figures["ratio"]
-    header = ["phase", "ceiling", "seed steady / train / wall", "project steady / train / wall",
-              "project / ceiling (steady / **train** / wall)", "project / seed (steady / **train** / wall)"]
+    header = [
+        "phase",
+        "ceiling",
+        "seed steady / train / wall",
+        "project steady / train / wall",
+        "project / ceiling (steady / **train** / wall)",
+        "project / seed (steady / **train** / wall)",
+    ]
 
     def triple(values, fmt) -> str:
         return " / ".join(fmt(v) for v in values)
 
     rows = []
-    for key, label, ceiling_label in (("warmup", "1 warmup, augmented", "forward"),
-                                      ("finetune", "2 finetune, augmented", "phase-2 step")):
+    for key, label, ceiling_label in (
+        ("warmup", "1 warmup, augmented", "forward"),
+        ("finetune", "2 finetune, augmented", "phase-2 step"),
+    ):
         f = phases[key]
-        rows.append([
-            label, f"{_fmt(f['ceiling'])} ({ceiling_label})",
-            triple((f["seed_steady"], f["seed_train"], f["seed_wall"]), _fmt),
-            triple((f["project_steady"], f["project_train"], f["project_wall"]), _fmt),
-            triple((ratio[f"{key}_{kind}_vs_ceiling"] for kind in ("steady", "train", "wall")), _x),
-            triple((ratio[f"{key}_{kind}_vs_seed"] for kind in ("steady", "train", "wall")), _x),
-        ])
+        rows.append(
+            [
+                label,
+                f"{_fmt(f['ceiling'])} ({ceiling_label})",
+                triple((f["seed_steady"], f["seed_train"], f["seed_wall"]), _fmt),
+                triple((f["project_steady"], f["project_train"], f["project_wall"]), _fmt),
+                triple((ratio[f"{key}_{kind}_vs_ceiling"] for kind in ("steady", "train", "wall")), _x),
+                triple((ratio[f"{key}_{kind}_vs_seed"] for kind in ("steady", "train", "wall")), _x),
+            ]
+        )
     cache = phases["cache"]
-    rows.append([
-        "1 warmup, no augmentation (feature cache)", f"{_fmt(cache['ceiling'])} (forward)",
-        f"— / — / {_fmt(cache['seed_wall'])} (the seed's augmented phase 1)",
-        f"— / — / {_fmt(cache['project_wall'])}", f"— / — / {_x(ratio['cache_wall_vs_ceiling'])}",
-        f"— / — / **{_x(ratio['cache_speedup_vs_seed_wall'])}**",
-    ])
+    rows.append(
+        [
+            "1 warmup, no augmentation (feature cache)",
+            f"{_fmt(cache['ceiling'])} (forward)",
+            f"— / — / {_fmt(cache['seed_wall'])} (the seed's augmented phase 1)",
+            f"— / — / {_fmt(cache['project_wall'])}",
+            f"— / — / {_x(ratio['cache_wall_vs_ceiling'])}",
+            f"— / — / **{_x(ratio['cache_speedup_vs_seed_wall'])}**",
+        ]
+    )
     aug_ips, forward = ceil.get("augment_ips"), ceil.get("forward_ips")
     shared = 1 / (1 / forward + 1 / aug_ips) if aug_ips and forward and not math.isnan(aug_ips) else None
     history = _get(results, "project_aug", "history", default=[])
-    seconds = {phase: sum(row["seconds"] for row in history if row["phase"] == phase) for phase in ("warmup", "finetune")}
+    seconds = {
+        phase: sum(row["seconds"] for row in history if row["phase"] == phase) for phase in ("warmup", "finetune")
+    }
     return [
         "## Training throughput (images/s)",
         "",
@@ -256,8 +299,8 @@ def _training(results: dict, figures: dict) -> list[str]:
         "- **steady**: images / time between consecutive training-batch ends, each epoch's first batch left out. "
         "**train** (judged): training images / the phase's training time, each epoch from its start to its last "
         "batch's end, so every batch counts, the first with its tracing; the per-epoch validation is left out "
-        "(the ceilings time none). For the project this is its own `timings[\"images_per_s\"]`. "
-        "**wall**: the whole phase (Keras 2 `fit` for the seed, the project's `timings[\"<phase>_s\"]`), "
+        '(the ceilings time none). For the project this is its own `timings["images_per_s"]`. '
+        '**wall**: the whole phase (Keras 2 `fit` for the seed, the project\'s `timings["<phase>_s"]`), '
         "validation and, for the feature cache, the feature extraction included. Same definitions on both sides.",
         f"- the input pipeline alone (gather, the seed's augmentation as one affine resampling per image, "
         f"preprocessing) runs at {_fmt(aug_ips)} images/s on these cores; sharing them with the frozen forward pass, "
@@ -268,21 +311,28 @@ def _training(results: dict, figures: dict) -> list[str]:
         f"{_fmt(_get(results, 'project_aug', 'load_s'))} s (the seed's loading: {_fmt(seed.get('load_s'))} s), "
         "outside every figure above.",
         "",
-        *_table(["validation accuracy on the held-out split", "value"], [
-            ["seed, after phase 1", _fmt(_get(seed, "warmup", "val_accuracy"), 3)],
-            ["seed, after phase 2", _fmt(_get(seed, "finetune", "val_accuracy"), 3)],
-            ["project, augmented, after phase 1",
-             _fmt(([row.get("val_accuracy") for row in history if row["phase"] == "warmup"] or [None])[-1], 3)],
-            ["project, augmented, after phase 2", _fmt(_get(results, "project_aug", "accuracy"), 3)],
-            ["project, feature cache, phase 1 only", _fmt(_get(results, "project_cache", "accuracy"), 3)],
-        ]),
+        *_table(
+            ["validation accuracy on the held-out split", "value"],
+            [
+                ["seed, after phase 1", _fmt(_get(seed, "warmup", "val_accuracy"), 3)],
+                ["seed, after phase 2", _fmt(_get(seed, "finetune", "val_accuracy"), 3)],
+                [
+                    "project, augmented, after phase 1",
+                    _fmt(([row.get("val_accuracy") for row in history if row["phase"] == "warmup"] or [None])[-1], 3),
+                ],
+                ["project, augmented, after phase 2", _fmt(_get(results, "project_aug", "accuracy"), 3)],
+                ["project, feature cache, phase 1 only", _fmt(_get(results, "project_cache", "accuracy"), 3)],
+            ],
+        ),
         "",
-        f"Weights: {results['meta'].get('weights', NA)}. " + (
+        f"Weights: {results['meta'].get('weights', NA)}. "
+        + (
             "The seed splits with `train_test_split(0.25, random_state=42)`, the project with its stratified split "
             "(seed 42): the same proportions, not the same images."
-            if "--seed-split" in results["meta"].get("command", "") else
-            "Both are judged on the same held-out images: the project's stratified split (seed 42, 0.25), which the "
-            "bench hands to the seed's recipe in place of its `train_test_split` (`--seed-split` keeps the seed's)."),
+            if "--seed-split" in results["meta"].get("command", "")
+            else "Both are judged on the same held-out images: the project's stratified split (seed 42, 0.25), which the "
+            "bench hands to the seed's recipe in place of its `train_test_split` (`--seed-split` keeps the seed's)."
+        ),
         "",
     ]
 
@@ -293,29 +343,54 @@ def _serving(results: dict, figures: dict) -> list[str]:
         return ["## Serving: POST /predict", "", "Not measured (see the errors below).", ""]
     derived = figures["serving"]
     rows = [
-        ["raw forward, batch 1 (median / p95)", f"{_fmt(ceil.get('latency_b1_ms'))} / "
-                                                f"{_fmt(ceil.get('latency_b1_p95_ms'))} ms"],
-        ["raw forward, batch 8 / batch 32", f"{_fmt(ceil.get('forward_b8_ips'))} / "
-                                            f"{_fmt(ceil.get('forward_b32_ips'))} images/s"],
-        [f"/predict, one client, {serving['latency_requests']} requests: p50 / p95 / p99",
-         f"{_fmt(serving['p50_ms'])} / {_fmt(serving['p95_ms'])} / {_fmt(serving['p99_ms'])} ms"],
+        [
+            "raw forward, batch 1 (median / p95)",
+            f"{_fmt(ceil.get('latency_b1_ms'))} / {_fmt(ceil.get('latency_b1_p95_ms'))} ms",
+        ],
+        [
+            "raw forward, batch 8 / batch 32",
+            f"{_fmt(ceil.get('forward_b8_ips'))} / {_fmt(ceil.get('forward_b32_ips'))} images/s",
+        ],
+        [
+            f"/predict, one client, {serving['latency_requests']} requests: p50 / p95 / p99",
+            f"{_fmt(serving['p50_ms'])} / {_fmt(serving['p95_ms'])} / {_fmt(serving['p99_ms'])} ms",
+        ],
         ["/predict p50 − raw batch-1 forward", _fmt(derived.get("p50_overhead_ms"), 1, " ms")],
         ["/predict p50 / raw batch-1 forward", _x(derived.get("p50_vs_raw"))],
-        *[[f"the API's Predictor without HTTP, {label}: batch-1 median / batch-8 images/s",
-           f"{_fmt(_get(serving, 'raw', key, 'latency_b1_ms'))} ms / {_fmt(_get(serving, 'raw', key, 'forward_b8_ips'))}"]
-          for key, label in (("default", "TensorFlow's default threads, one pass at a time"),
-                             ("api", f"as the API runs it ({_get(serving, 'raw', 'api', 'threads', default=NA)} "
-                                     f"thread per op, {_get(serving, 'raw', 'api', 'streams', default=NA)} passes "
-                                     "at once)"))
-          if _get(serving, "raw", key)],
+        *[
+            [
+                f"the API's Predictor without HTTP, {label}: batch-1 median / batch-8 images/s",
+                f"{_fmt(_get(serving, 'raw', key, 'latency_b1_ms'))} ms / {_fmt(_get(serving, 'raw', key, 'forward_b8_ips'))}",
+            ]
+            for key, label in (
+                ("default", "TensorFlow's default threads, one pass at a time"),
+                (
+                    "api",
+                    f"as the API runs it ({_get(serving, 'raw', 'api', 'threads', default=NA)} "
+                    f"thread per op, {_get(serving, 'raw', 'api', 'streams', default=NA)} passes "
+                    "at once)",
+                ),
+            )
+            if _get(serving, "raw", key)
+        ],
         ["/predict p50 − the API's Predictor batch-1", _fmt(derived.get("p50_overhead_vs_api_raw_ms"), 1, " ms")],
         ["/predict 8 clients / the API's Predictor batch-8 images/s", _x(derived.get("c8_vs_api_raw_b8"))],
     ]
     levels = [
-        [str(level["clients"]), str(level["requests"]), str(level["errors"]), _fmt(level["seconds"]),
-         _fmt(level["throughput"]), _fmt(level["p50_ms"]), _fmt(level["p95_ms"]),
-         _fmt(level.get("mean_batch"), 2), _fmt(level.get("server_cpu_ms"), 2), _fmt(level.get("client_cpu_ms"), 2),
-         _x(derived["levels"][level["clients"]]["vs_b8"]), _x(derived["levels"][level["clients"]]["vs_b32"])]
+        [
+            str(level["clients"]),
+            str(level["requests"]),
+            str(level["errors"]),
+            _fmt(level["seconds"]),
+            _fmt(level["throughput"]),
+            _fmt(level["p50_ms"]),
+            _fmt(level["p95_ms"]),
+            _fmt(level.get("mean_batch"), 2),
+            _fmt(level.get("server_cpu_ms"), 2),
+            _fmt(level.get("client_cpu_ms"), 2),
+            _x(derived["levels"][level["clients"]]["vs_b8"]),
+            _x(derived["levels"][level["clients"]]["vs_b32"]),
+        ]
         for level in serving["levels"]
     ]
     return [
@@ -323,9 +398,23 @@ def _serving(results: dict, figures: dict) -> list[str]:
         "",
         *_table(["figure", "value"], rows),
         "",
-        *_table(["clients", "answered 200", "errors", "seconds", "requests/s", "p50 ms", "p95 ms",
-                 "images per forward", "API CPU ms/request", "client CPU ms/request",
-                 "/ raw batch-8 forward", "/ raw batch-32 forward"], levels),
+        *_table(
+            [
+                "clients",
+                "answered 200",
+                "errors",
+                "seconds",
+                "requests/s",
+                "p50 ms",
+                "p95 ms",
+                "images per forward",
+                "API CPU ms/request",
+                "client CPU ms/request",
+                "/ raw batch-8 forward",
+                "/ raw batch-32 forward",
+            ],
+            levels,
+        ),
         "",
         "- **images per forward**: the micro-batcher's batch sizes (its histogram in `GET /metrics`). "
         "**API CPU**: the API process's CPU time (all threads) per answered request; **client CPU**: the load "
@@ -338,13 +427,17 @@ def _serving(results: dict, figures: dict) -> list[str]:
 def _cpu_bound_line(bound: dict | None, ceil: dict) -> list[str]:
     if not bound:
         return []
-    line = (f"- **CPU-bound limit at 8 clients**: cores / (API + client CPU per request) = {_fmt(bound['rps'])} "
-            f"requests/s, {_x(bound['vs_b8'])} of the raw batch-8 forward: the most this machine allows with every "
-            "core busy, whatever the batching.")
+    line = (
+        f"- **CPU-bound limit at 8 clients**: cores / (API + client CPU per request) = {_fmt(bound['rps'])} "
+        f"requests/s, {_x(bound['vs_b8'])} of the raw batch-8 forward: the most this machine allows with every "
+        "core busy, whatever the batching."
+    )
     if bound.get("forward_ms") is not None:
-        line += (f" Of the API's CPU per request, the raw batch-8 forward accounts for {_fmt(bound['forward_ms'], 2)} ms "
-                 f"per image; the other {_fmt(bound['rest_ms'], 2)} ms are HTTP, multipart, JPEG decoding, batching "
-                 "and JSON, and the smaller batches' extra cost per image.")
+        line += (
+            f" Of the API's CPU per request, the raw batch-8 forward accounts for {_fmt(bound['forward_ms'], 2)} ms "
+            f"per image; the other {_fmt(bound['rest_ms'], 2)} ms are HTTP, multipart, JPEG decoding, batching "
+            "and JSON, and the smaller batches' extra cost per image."
+        )
     return [line]
 
 
@@ -352,38 +445,60 @@ def _memory(results: dict, figures: dict) -> list[str]:
     memory, derived = _get(results, "project_aug", "memory"), figures["memory"]
     lines = ["## Memory", ""]
     if memory:
-        lines += _table(["worker (the project's augmented run, in a process of its own)", "value"], [
-            ["resident before the job (Python, TensorFlow, Keras loaded)", _mb(memory["baseline_rss"])],
-            ["peak resident during the job", _mb(memory["peak_rss"])],
-            ["growth", _mb(derived.get("worker_growth"))],
-            ["decoded data set at the target size (uint8)", _mb(memory["decoded_bytes"])],
-            ["model parameters (float32)", _mb(memory["model_bytes"])],
-            ["growth / (decoded + model)", _x(derived.get("worker_growth_vs_bound"))],
-        ])
+        lines += _table(
+            ["worker (the project's augmented run, in a process of its own)", "value"],
+            [
+                ["resident before the job (Python, TensorFlow, Keras loaded)", _mb(memory["baseline_rss"])],
+                ["peak resident during the job", _mb(memory["peak_rss"])],
+                ["growth", _mb(derived.get("worker_growth"))],
+                ["decoded data set at the target size (uint8)", _mb(memory["decoded_bytes"])],
+                ["model parameters (float32)", _mb(memory["model_bytes"])],
+                ["growth / (decoded + model)", _x(derived.get("worker_growth_vs_bound"))],
+            ],
+        )
         small = _get(results, "project_small", "memory")
         if small and derived.get("worker_fixed") is not None:
-            lines += ["", *_table(["what the growth is made of", "value"], [
-                ["the same job on 4 generated images per class, 2 + 2 epochs: growth (the working set that does not "
-                 "grow with the data: batches in flight, TensorFlow's buffers and kernels, allocator arenas)",
-                 _mb(derived["worker_fixed"])],
-                ["growth beyond it, on this data set", _mb(derived["worker_data_growth"])],
-                ["decoded bytes beyond it", _mb(derived["worker_data_bytes"])],
-                ["growth beyond it / decoded bytes beyond it", _x(derived.get("worker_data_growth_vs_decoded"))],
-            ])]
+            lines += [
+                "",
+                *_table(
+                    ["what the growth is made of", "value"],
+                    [
+                        [
+                            "the same job on 4 generated images per class, 2 + 2 epochs: growth (the working set that does not "
+                            "grow with the data: batches in flight, TensorFlow's buffers and kernels, allocator arenas)",
+                            _mb(derived["worker_fixed"]),
+                        ],
+                        ["growth beyond it, on this data set", _mb(derived["worker_data_growth"])],
+                        ["decoded bytes beyond it", _mb(derived["worker_data_bytes"])],
+                        [
+                            "growth beyond it / decoded bytes beyond it",
+                            _x(derived.get("worker_data_growth_vs_decoded")),
+                        ],
+                    ],
+                ),
+            ]
         cache_memory = _get(results, "project_cache", "memory")
         if cache_memory:
-            lines += ["", f"Feature-cache run: peak {_mb(cache_memory['peak_rss'])}, growth "
-                          f"{_mb(cache_memory['peak_rss'] - cache_memory['baseline_rss'])}."]
+            lines += [
+                "",
+                f"Feature-cache run: peak {_mb(cache_memory['peak_rss'])}, growth "
+                f"{_mb(cache_memory['peak_rss'] - cache_memory['baseline_rss'])}.",
+            ]
         lines.append("")
     steps = _get(results, "serving", "memory", "steps")
     if steps:
         cache_size = _get(results, "serving", "memory", "cache_size")
-        lines += _table([f"API (MODEL_CACHE_SIZE={cache_size}), after asking for", "model", "resident", "peak"], [
-            [step["after"], step["model_id"], _mb(step["rss"]), _mb(step["peak_rss"])] for step in steps
-        ])
-        lines += ["", f"One model file: {_mb(_get(results, 'serving', 'memory', 'model_file_bytes'))}. Memory per "
-                      f"cached model: {_mb(derived.get('api_per_model'))}; added past the cache size: "
-                      f"{_mb(derived.get('api_past_cache'))}.", ""]
+        lines += _table(
+            [f"API (MODEL_CACHE_SIZE={cache_size}), after asking for", "model", "resident", "peak"],
+            [[step["after"], step["model_id"], _mb(step["rss"]), _mb(step["peak_rss"])] for step in steps],
+        )
+        lines += [
+            "",
+            f"One model file: {_mb(_get(results, 'serving', 'memory', 'model_file_bytes'))}. Memory per "
+            f"cached model: {_mb(derived.get('api_per_model'))}; added past the cache size: "
+            f"{_mb(derived.get('api_past_cache'))}.",
+            "",
+        ]
     return lines if len(lines) > 2 else []
 
 
@@ -391,8 +506,11 @@ def _targets(results: dict, figures: dict) -> list[str]:
     rows = []
     for target in targets_for(results.get("meta")):
         value, verdict = target.evaluate(figures)
-        bound = NA if target.threshold is None else (
-            ("≥ " if target.higher_is_better else "≤ ") + _fmt(float(target.threshold), 2, target.unit))
+        bound = (
+            NA
+            if target.threshold is None
+            else (("≥ " if target.higher_is_better else "≤ ") + _fmt(float(target.threshold), 2, target.unit))
+        )
         rows.append([target.name, _fmt(value, 2, target.unit), bound, verdict])
     return [
         "## Targets",
@@ -458,7 +576,10 @@ def plot(results: dict, path: Path) -> None:
     if serving:
         clients = [level["clients"] for level in serving["levels"]]
         right.plot(clients, [level["throughput"] for level in serving["levels"]], "o-", label="/predict requests/s")
-        for key, label, style in (("forward_b8_ips", "raw forward b8", "--"), ("forward_b32_ips", "raw forward b32", ":")):
+        for key, label, style in (
+            ("forward_b8_ips", "raw forward b8", "--"),
+            ("forward_b32_ips", "raw forward b32", ":"),
+        ):
             if ceil.get(key):
                 right.axhline(ceil[key], linestyle=style, color="grey", label=label)
         right.set_xlabel("concurrent clients")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +28,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="mobilenet", help="mobilenet (default), vgg16 (the seed's), ...")
     parser.add_argument("--alpha", type=float, default=0.25, help="width multiplier (mobilenet* only)")
-    parser.add_argument("--weights", choices=["auto", "none", "imagenet"], default="auto",
-                        help="auto (default): imagenet where the backbone's weight file is on this host "
-                             "(../shared/weights, $KERAS_HOME/models, ~/.keras/models), else none (random init: "
-                             "timings hold, accuracies mean little)")
+    parser.add_argument(
+        "--weights",
+        choices=["auto", "none", "imagenet"],
+        default="auto",
+        help="auto (default): imagenet where the backbone's weight file is on this host "
+        "(../shared/weights, $KERAS_HOME/models, ~/.keras/models), else none (random init: "
+        "timings hold, accuracies mean little)",
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup-epochs", type=int, default=25, help="phase 1 epochs (default: the seed's 25)")
@@ -46,12 +50,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=20, help="timed calls per ceiling")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--cache-models", type=int, default=2,
-                        help="API memory check: MODEL_CACHE_SIZE, and one model more than it is loaded in turn")
-    parser.add_argument("--seed-split", action="store_true",
-                        help="the seed's own random split (default: the project's validation images for both)")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=["ceilings", "seed", "project", "serving"], help="leave a section out")
+    parser.add_argument(
+        "--cache-models",
+        type=int,
+        default=2,
+        help="API memory check: MODEL_CACHE_SIZE, and one model more than it is loaded in turn",
+    )
+    parser.add_argument(
+        "--seed-split",
+        action="store_true",
+        help="the seed's own random split (default: the project's validation images for both)",
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["ceilings", "seed", "project", "serving"],
+        help="leave a section out",
+    )
     return parser.parse_args(argv)
 
 
@@ -100,15 +116,17 @@ def build_spec(args: argparse.Namespace):
     unfreeze = args.unfreeze_from
     if unfreeze is not None and unfreeze.isdigit():
         unfreeze = int(unfreeze)
-    return TrainingSpec.model_validate({
-        "backbone": args.backbone,
-        "alpha": args.alpha if get_backbone(args.backbone).has_alpha else None,
-        "weights": args.weights,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "warmup": {"epochs": args.warmup_epochs},
-        "finetune": {"epochs": args.finetune_epochs, "unfreeze_from": unfreeze},
-    })
+    return TrainingSpec.model_validate(
+        {
+            "backbone": args.backbone,
+            "alpha": args.alpha if get_backbone(args.backbone).has_alpha else None,
+            "weights": args.weights,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "warmup": {"epochs": args.warmup_epochs},
+            "finetune": {"epochs": args.finetune_epochs, "unfreeze_from": unfreeze},
+        }
+    )
 
 
 def machine(command: str, spec, dataset: str) -> dict:
@@ -128,17 +146,23 @@ def machine(command: str, spec, dataset: str) -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "tf_keras": tf_keras.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "tf_keras": tf_keras.__version__,
+        },
         "command": command,
-        "model": (f"{spec.backbone}{alpha}, {spec.image_size} px, batch {spec.batch_size}, weights "
-                  f"{spec.weights}, head Dense({spec.head.units}), unfreeze from {spec.unfreeze_index}, "
-                  f"{spec.warmup.epochs} + {spec.finetune.epochs} epochs"),
+        "model": (
+            f"{spec.backbone}{alpha}, {spec.image_size} px, batch {spec.batch_size}, weights "
+            f"{spec.weights}, head Dense({spec.head.units}), unfreeze from {spec.unfreeze_index}, "
+            f"{spec.warmup.epochs} + {spec.finetune.epochs} epochs"
+        ),
         "dataset": dataset,
         "backbone": spec.backbone,
         "alpha": spec.effective_alpha,
         "weights": spec.weights,
-        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "load_average_start": os.getloadavg(),
     }
 
@@ -203,19 +227,23 @@ def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, o
     results = sections.results
     ceiling_passes = [sections.run("ceilings", lambda: _ceilings(spec, classes, args))]
     results["seed"] = _as_dict(sections.run("seed", lambda: _seed(data_dir, spec, own_split=args.seed_split)))
-    project_aug = sections.run("project_aug", lambda: _project(data_dir, spec, out, args, classes, augment=True),
-                               group="project")
+    project_aug = sections.run(
+        "project_aug", lambda: _project(data_dir, spec, out, args, classes, augment=True), group="project"
+    )
     results["project_aug"] = project_aug
     results["project_cache"] = sections.run(
-        "project_cache", lambda: _project(data_dir, spec, out, args, classes, augment=False), group="project")
+        "project_cache", lambda: _project(data_dir, spec, out, args, classes, augment=False), group="project"
+    )
     results["project_small"] = sections.run(
-        "project_small", lambda: _project_small(spec, out, classes), group="project")
+        "project_small", lambda: _project_small(spec, out, classes), group="project"
+    )
     if project_aug is not None:
         results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
     elif "serving" not in args.skip:
         results["errors"]["serving"] = "not run: the project's training (the model to serve) did not run"
-    ceiling_passes.append(sections.run("ceilings (second pass)", lambda: _ceilings(spec, classes, args),
-                                       group="ceilings"))
+    ceiling_passes.append(
+        sections.run("ceilings (second pass)", lambda: _ceilings(spec, classes, args), group="ceilings")
+    )
     results["ceilings"] = _best_ceilings(ceiling_passes)
 
 
@@ -249,7 +277,9 @@ def _ceilings(spec, classes: int, args):
 def _seed(data_dir: Path, spec, *, own_split: bool):
     from bench.seed_recipe import run_seed_recipe
 
-    return run_seed_recipe(data_dir, spec, validation_files=None if own_split else project_validation_files(data_dir, spec))
+    return run_seed_recipe(
+        data_dir, spec, validation_files=None if own_split else project_validation_files(data_dir, spec)
+    )
 
 
 def project_validation_files(data_dir: Path, spec) -> set[str]:
@@ -268,12 +298,20 @@ def _project(data_dir: Path, spec, out: Path, args, classes: int, *, augment: bo
     from bench.project import run_in_child
 
     if augment:
-        return run_in_child(data_dir, spec, label="augmented, both phases", work_dir=out / "project",
-                            model_dir=out / "models", copies=args.cache_models + 1, classes=classes,
-                            ceilings={"calls": max(3, args.calls // 2), "max_seconds": 10.0})
+        return run_in_child(
+            data_dir,
+            spec,
+            label="augmented, both phases",
+            work_dir=out / "project",
+            model_dir=out / "models",
+            copies=args.cache_models + 1,
+            classes=classes,
+            ceilings={"calls": max(3, args.calls // 2), "max_seconds": 10.0},
+        )
     cached = spec.model_copy(update={"augmentation": None, "finetune": None})
-    return run_in_child(data_dir, cached, label="no augmentation (feature cache), phase 1 only",
-                        work_dir=out / "project")
+    return run_in_child(
+        data_dir, cached, label="no augmentation (feature cache), phase 1 only", work_dir=out / "project"
+    )
 
 
 def _project_small(spec, out: Path, classes: int) -> dict:
@@ -283,8 +321,12 @@ def _project_small(spec, out: Path, classes: int) -> dict:
     from bench.project import run_in_child
 
     small = generate_dataset(out / "data-small", classes=classes, per_class=4)
-    short = spec.model_copy(update={"warmup": spec.warmup.model_copy(update={"epochs": 2}),
-                                    "finetune": spec.finetune and spec.finetune.model_copy(update={"epochs": 2})})
+    short = spec.model_copy(
+        update={
+            "warmup": spec.warmup.model_copy(update={"epochs": 2}),
+            "finetune": spec.finetune and spec.finetune.model_copy(update={"epochs": 2}),
+        }
+    )
     return run_in_child(small, short, label="memory probe: 4 images per class", work_dir=out / "project")
 
 
@@ -293,9 +335,16 @@ def _serving(project_run: dict, out: Path, args):
     from bench.serving import measure_serving
 
     image = sample_jpeg(out / "predict.jpg", size=224)
-    return measure_serving(out / "models", project_run["model_ids"], image, out / "serving", requests=args.requests,
-                           level_requests=args.level_requests, level_seconds=args.level_seconds,
-                           cache_models=args.cache_models)
+    return measure_serving(
+        out / "models",
+        project_run["model_ids"],
+        image,
+        out / "serving",
+        requests=args.requests,
+        level_requests=args.level_requests,
+        level_seconds=args.level_seconds,
+        cache_models=args.cache_models,
+    )
 
 
 if __name__ == "__main__":

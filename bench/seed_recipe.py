@@ -269,8 +269,9 @@ def _unfreeze_index(spec: TrainingSpec, base) -> int:
     return index
 
 
-def run_seed_recipe(data_dir: Path, spec: TrainingSpec, *, verbose: int = 0,
-                    validation_files: set[str] | None = None) -> SeedResult:
+def run_seed_recipe(
+    data_dir: Path, spec: TrainingSpec, *, verbose: int = 0, validation_files: set[str] | None = None
+) -> SeedResult:
     """Load, split, train the head (phase 1), fine-tune from ``spec.unfreeze_index`` (phase 2).
 
     From ``spec`` it takes the backbone, alpha, weights, image size, batch size, head
@@ -296,8 +297,9 @@ def run_seed_recipe(data_dir: Path, spec: TrainingSpec, *, verbose: int = 0,
 
     for layer in base.layers:
         layer.trainable = False
-    model.compile(loss="categorical_crossentropy", optimizer=tf_keras.optimizers.RMSprop(learning_rate=1e-3),
-                  metrics=["accuracy"])
+    model.compile(
+        loss="categorical_crossentropy", optimizer=tf_keras.optimizers.RMSprop(learning_rate=1e-3), metrics=["accuracy"]
+    )
     warmup = _fit_phase(tf_keras, model, aug, epochs=spec.warmup.epochs, **phase)
 
     finetune, unfreeze = None, None
@@ -305,8 +307,9 @@ def run_seed_recipe(data_dir: Path, spec: TrainingSpec, *, verbose: int = 0,
         unfreeze = _unfreeze_index(spec, base)
         for layer in base.layers[unfreeze:]:
             layer.trainable = True
-        model.compile(loss="categorical_crossentropy", optimizer=tf_keras.optimizers.SGD(learning_rate=1e-3),
-                      metrics=["accuracy"])
+        model.compile(
+            loss="categorical_crossentropy", optimizer=tf_keras.optimizers.SGD(learning_rate=1e-3), metrics=["accuracy"]
+        )
         finetune = _fit_phase(tf_keras, model, aug, epochs=spec.finetune.epochs, **phase)
 
     return SeedResult(

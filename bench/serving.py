@@ -16,10 +16,10 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -75,8 +75,9 @@ class ServingResult:
 def _child_env(model_dir: Path, data_dir: Path, redis_url: str, cache_models: int) -> dict:
     """This process's environment without any service setting, then the bench's own."""
     env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
-    env.update(REDIS_URL=redis_url, MODEL_DIR=str(model_dir), DATA_DIR=str(data_dir),
-               MODEL_CACHE_SIZE=str(cache_models))
+    env.update(
+        REDIS_URL=redis_url, MODEL_DIR=str(model_dir), DATA_DIR=str(data_dir), MODEL_CACHE_SIZE=str(cache_models)
+    )
     return env
 
 
@@ -157,14 +158,20 @@ class RawClient:
         self.address = (parsed.hostname, parsed.port)
         self.timeout = timeout
         boundary = uuid.uuid4().hex
-        body = b"".join([
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"model_id\"\r\n\r\n{model_id}\r\n".encode(),
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"top_k\"\r\n\r\n3\r\n".encode(),
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bench.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n".encode(), image, f"\r\n--{boundary}--\r\n".encode(),
-        ])
-        head = (f"POST /predict HTTP/1.1\r\nHost: {parsed.netloc}\r\nUser-Agent: bench\r\nAccept: */*\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="model_id"\r\n\r\n{model_id}\r\n'.encode(),
+                f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n3\r\n'.encode(),
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="bench.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n".encode(),
+                image,
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: {parsed.netloc}\r\nUser-Agent: bench\r\nAccept: */*\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         self.request = head.encode() + body
         self.sock: socket.socket | None = None
         self.buffer = b""
@@ -186,8 +193,9 @@ class RawClient:
             head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
             lines = head.split(b"\r\n")
             status = int(lines[0].split()[1])
-            length = next(int(line.split(b":", 1)[1]) for line in lines[1:]
-                          if line.lower().startswith(b"content-length:"))
+            length = next(
+                int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:")
+            )
             while len(self.buffer) < length:
                 self.buffer += self._recv()
             self.buffer = self.buffer[length:]
@@ -243,8 +251,9 @@ def one_client_latency(url: str, image: bytes, model_id: str, *, requests: int, 
     return latencies, errors
 
 
-def load_level(url: str, image: bytes, model_id: str, *, clients: int, max_requests: int,
-               max_seconds: float) -> LoadLevel:
+def load_level(
+    url: str, image: bytes, model_id: str, *, clients: int, max_requests: int, max_seconds: float
+) -> LoadLevel:
     """``clients`` threads, each its own connection, sending until ``max_requests`` or ``max_seconds``."""
     lock = threading.Lock()
     latencies: list[float] = []
@@ -295,8 +304,11 @@ def cache_memory(url: str, pid: int, image: bytes, model_ids: list[str]) -> dict
     order = [newest, *others]
     for number, model_id in enumerate(order * 2, start=1):  # twice round: every ask past the cache's size loads
         check_predict(url, image, model_id)
-        label = (f"{number} distinct models asked for" if number <= len(order)
-                 else f"round 2, model {number - len(order)} (evicted before: loaded anew)")
+        label = (
+            f"{number} distinct models asked for"
+            if number <= len(order)
+            else f"round 2, model {number - len(order)} (evicted before: loaded anew)"
+        )
         steps.append({"after": label, "model_id": model_id, **process_memory(pid)})
     return {"steps": steps, "models": len(model_ids)}
 
@@ -322,8 +334,9 @@ def measure_serving(
         levels = []
         for clients in concurrency:
             before, server_cpu, client_cpu = batch_counts(url), process_cpu_s(pid), time.process_time()
-            level = load_level(url, image, model_id, clients=clients, max_requests=level_requests,
-                               max_seconds=level_seconds)
+            level = load_level(
+                url, image, model_id, clients=clients, max_requests=level_requests, max_seconds=level_seconds
+            )
             client_cpu, server_cpu = time.process_time() - client_cpu, process_cpu_s(pid) - server_cpu
             after = batch_counts(url)
             level.batches, level.batched_images = after[0] - before[0], after[1] - before[1]
@@ -336,9 +349,12 @@ def measure_serving(
     # the same Predictor without HTTP, once with TensorFlow's default threads (one pass on every core), once
     # as the API runs it (PREDICT_THREADS per pass, PREDICT_CONCURRENCY passes at once), the API stopped
     defaults = Settings.model_construct()  # what the API runs with: _child_env passes no service setting
-    raw = {"default": measure_in_child(model_dir, model_id, threads=0, streams=1),
-           "api": measure_in_child(model_dir, model_id, threads=defaults.predict_threads,
-                                   streams=defaults.predict_concurrency)}
+    raw = {
+        "default": measure_in_child(model_dir, model_id, threads=0, streams=1),
+        "api": measure_in_child(
+            model_dir, model_id, threads=defaults.predict_threads, streams=defaults.predict_concurrency
+        ),
+    }
     memory = {}
     if len(model_ids) > 1:  # a fresh API: only the preloaded model in its cache
         with service(model_dir, work_dir / "memory", cache_models=cache_models) as (url, pid):

@@ -23,8 +23,8 @@ A target whose inputs are missing (a section failed) reads "not measured".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -58,39 +58,80 @@ def targets_for(meta: dict | None) -> list[Target]:
     backbone, alpha = meta.get("backbone"), meta.get("alpha")
     share = ceiling_share(backbone)
     targets = [
-        Target("phase 1 (augmented), train images/s / frozen forward-pass ceiling", share, True,
-               lambda f: f["ratio"]["warmup_train_vs_ceiling"]),
-        Target("phase 2 (augmented), train images/s / phase-2 train-step ceiling", share, True,
-               lambda f: f["ratio"]["finetune_train_vs_ceiling"]),
+        Target(
+            "phase 1 (augmented), train images/s / frozen forward-pass ceiling",
+            share,
+            True,
+            lambda f: f["ratio"]["warmup_train_vs_ceiling"],
+        ),
+        Target(
+            "phase 2 (augmented), train images/s / phase-2 train-step ceiling",
+            share,
+            True,
+            lambda f: f["ratio"]["finetune_train_vs_ceiling"],
+        ),
     ]
     if backbone == "mobilenet" and alpha == 0.25:
         targets += [
-            Target("phase 1 (augmented), project / seed (train images/s)", 3.0, True,
-                   lambda f: f["ratio"]["warmup_train_vs_seed"]),
-            Target("phase 2 (augmented), project / seed (train images/s)", 3.0, True,
-                   lambda f: f["ratio"]["finetune_train_vs_seed"]),
+            Target(
+                "phase 1 (augmented), project / seed (train images/s)",
+                3.0,
+                True,
+                lambda f: f["ratio"]["warmup_train_vs_seed"],
+            ),
+            Target(
+                "phase 2 (augmented), project / seed (train images/s)",
+                3.0,
+                True,
+                lambda f: f["ratio"]["finetune_train_vs_seed"],
+            ),
         ]
     targets += [
-        Target("phase 1 without augmentation (feature cache): seed's phase-1 wall / the project's", 10.0, True,
-               lambda f: f["ratio"]["cache_speedup_vs_seed_wall"]),
-        Target("validation accuracy: project (both phases) minus seed (both phases)", 0.0, True,
-               lambda f: f["accuracy"]["project_minus_seed"]),
-        Target("/predict p50 minus raw batch-1 forward", 15.0, False,
-               lambda f: f["serving"]["p50_overhead_ms"], " ms"),
-        Target("/predict throughput, 8 clients / raw batch-8 forward", 0.7, True,
-               lambda f: f["serving"]["c8_vs_b8"]),
-        Target("/predict throughput, 8 clients / the API's Predictor at batch 8 in its own thread set-up "
-               "(no HTTP)", None, True, lambda f: f["serving"]["c8_vs_api_raw_b8"]),
-        Target("/predict, 8 clients: CPU-bound limit (cores / CPU per request) / raw batch-8 forward", None, True,
-               lambda f: f["serving"]["c8_cpu_bound"]["vs_b8"]),
-        Target("/predict errors over every request", 0.0, False,
-               lambda f: f["serving"]["errors"]),
-        Target("worker: peak memory growth / (decoded dataset + model)", None, False,
-               lambda f: f["memory"]["worker_growth_vs_bound"]),
-        Target("worker: growth beyond the same job on 4 images per class / decoded bytes beyond it", None, False,
-               lambda f: f["memory"]["worker_data_growth_vs_decoded"]),
-        Target("API: memory added past the cache's size (two rounds of loads and evictions) / one cached model",
-               1.0, False, lambda f: f["memory"]["api_past_cache_vs_per_model"]),
+        Target(
+            "phase 1 without augmentation (feature cache): seed's phase-1 wall / the project's",
+            10.0,
+            True,
+            lambda f: f["ratio"]["cache_speedup_vs_seed_wall"],
+        ),
+        Target(
+            "validation accuracy: project (both phases) minus seed (both phases)",
+            0.0,
+            True,
+            lambda f: f["accuracy"]["project_minus_seed"],
+        ),
+        Target("/predict p50 minus raw batch-1 forward", 15.0, False, lambda f: f["serving"]["p50_overhead_ms"], " ms"),
+        Target("/predict throughput, 8 clients / raw batch-8 forward", 0.7, True, lambda f: f["serving"]["c8_vs_b8"]),
+        Target(
+            "/predict throughput, 8 clients / the API's Predictor at batch 8 in its own thread set-up (no HTTP)",
+            None,
+            True,
+            lambda f: f["serving"]["c8_vs_api_raw_b8"],
+        ),
+        Target(
+            "/predict, 8 clients: CPU-bound limit (cores / CPU per request) / raw batch-8 forward",
+            None,
+            True,
+            lambda f: f["serving"]["c8_cpu_bound"]["vs_b8"],
+        ),
+        Target("/predict errors over every request", 0.0, False, lambda f: f["serving"]["errors"]),
+        Target(
+            "worker: peak memory growth / (decoded dataset + model)",
+            None,
+            False,
+            lambda f: f["memory"]["worker_growth_vs_bound"],
+        ),
+        Target(
+            "worker: growth beyond the same job on 4 images per class / decoded bytes beyond it",
+            None,
+            False,
+            lambda f: f["memory"]["worker_data_growth_vs_decoded"],
+        ),
+        Target(
+            "API: memory added past the cache's size (two rounds of loads and evictions) / one cached model",
+            1.0,
+            False,
+            lambda f: f["memory"]["api_past_cache_vs_per_model"],
+        ),
     ]
     return targets
 

@@ -55,8 +55,13 @@ class EpochBars:
         if event.batch == 0:
             return
         if self.bar is None:
-            self.bar = tqdm(total=event.batches, desc=f"{event.phase} {event.epoch}/{event.epochs}",
-                            unit="batch", file=sys.stderr, leave=True)
+            self.bar = tqdm(
+                total=event.batches,
+                desc=f"{event.phase} {event.epoch}/{event.epochs}",
+                unit="batch",
+                file=sys.stderr,
+                leave=True,
+            )
         self.bar.n = event.batch
         self.bar.refresh()
 
@@ -71,10 +76,10 @@ def command_train(args) -> int:
 
     from finetune.errors import DomainError
     from finetune.ml.evaluation import format_report
-    from finetune.settings import get_settings
     from finetune.ml.spec import TrainingSpec
-    from finetune.stores.models import ModelStore
     from finetune.ml.training.recipe import train
+    from finetune.settings import get_settings
+    from finetune.stores.models import ModelStore
 
     spec_data = json.loads(Path(args.spec).read_text()) if args.spec else {}
     try:
@@ -149,8 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train a model on a class-per-folder dataset")
     train_parser.add_argument("dataset", help="folder of <class>/<image> files")
     train_parser.add_argument("--spec", help="a JSON job spec (defaults: the seed's recipe)")
-    train_parser.add_argument("--set", action="append", type=parse_assignment, metavar="KEY=VALUE",
-                              help="override a spec field, e.g. --set warmup.epochs=5 --set backbone=mobilenet")
+    train_parser.add_argument(
+        "--set",
+        action="append",
+        type=parse_assignment,
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set warmup.epochs=5 --set backbone=mobilenet",
+    )
     train_parser.add_argument("--out", help="model store folder (default: $MODEL_DIR or ./models)")
     train_parser.set_defaults(run=command_train)
 

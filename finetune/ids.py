@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from finetune.errors import NotFound
 
@@ -18,7 +18,7 @@ def new_id() -> str:
 
 def now_iso() -> str:
     """The current time in UTC, ISO 8601, as every record's `*_at` fields hold it."""
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def check_id(value: str, *, kind: str) -> str:

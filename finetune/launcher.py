@@ -18,8 +18,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import redis
 
@@ -167,12 +167,18 @@ def start_redis(*, port: int, data_dir: Path, appendonly: bool = True) -> Manage
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         find_redis_server(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "yes" if appendonly else "no",
-        "--dir", str(data_dir),
-        "--daemonize", "no",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
     ]
     process = ManagedProcess("redis", argv, log_path=data_dir / "redis.log")
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
@@ -194,9 +200,18 @@ def start_worker(*, env: dict, log_path: Path, hostname: str | None = None) -> M
     """`env` is the child's whole environment. Ready once Celery logs its "ready." line."""
     hostname = hostname or f"worker-{uuid.uuid4().hex[:8]}@%h"
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
-        "--loglevel=INFO", "-n", hostname,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "--prefetch-multiplier=1",
+        "--loglevel=INFO",
+        "-n",
+        hostname,
     ]
     process = ManagedProcess("worker", argv, log_path=log_path, env=_child_env(env), cwd=PROJECT_ROOT)
     process.wait_until(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from finetune.stores.archive import ArchiveLimits
-from finetune.stores.datasets import DatasetStore
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.states import ACTIVE_STATUSES, JobStatus
-from finetune.stores.jobs import JobStore
+from finetune.ml.spec import JobSpec
 from finetune.serving.batcher import BatchObserver
 from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
 from finetune.settings import Settings
-from finetune.ml.spec import JobSpec
+from finetune.states import ACTIVE_STATUSES, JobStatus
+from finetune.stores.archive import ArchiveLimits
+from finetune.stores.datasets import DatasetStore
+from finetune.stores.jobs import JobStore
 from finetune.stores.models import ModelStore
 
 Enqueue = Callable[[str], None]
@@ -29,16 +29,23 @@ class Service:
     enqueue: Enqueue
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, enqueue: Enqueue, on_batch: BatchObserver | None = None) -> "Service":
+    def from_settings(cls, settings: Settings, *, enqueue: Enqueue, on_batch: BatchObserver | None = None) -> Service:
         """The stores and the serving cache from `settings`; `on_batch` observes every forward pass of /predict."""
-        batching = BatchingOptions(max_batch=settings.predict_max_batch, max_wait_s=settings.predict_max_wait_ms / 1000,
-                                   concurrency=settings.predict_concurrency, on_batch=on_batch)
+        batching = BatchingOptions(
+            max_batch=settings.predict_max_batch,
+            max_wait_s=settings.predict_max_wait_ms / 1000,
+            concurrency=settings.predict_concurrency,
+            on_batch=on_batch,
+        )
         models = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
         return cls(
             settings=settings,
-            datasets=DatasetStore(settings.data_dir, cache_dir=settings.cache_dir,
-                                  limits=ArchiveLimits.from_settings(settings),
-                                  max_pixels=settings.max_image_pixels),
+            datasets=DatasetStore(
+                settings.data_dir,
+                cache_dir=settings.cache_dir,
+                limits=ArchiveLimits.from_settings(settings),
+                max_pixels=settings.max_image_pixels,
+            ),
             models=models,
             jobs=JobStore.from_url(settings.redis_url),
             predictors=PredictorCache(models, size=settings.model_cache_size, batching=batching),
@@ -58,8 +65,13 @@ class Service:
         try:
             self.enqueue(record["id"])
         except Exception as error:
-            self.jobs.update(record["id"], {"status": JobStatus.FAILED, "error": {
-                "type": type(error).__name__, "message": f"could not enqueue the job: {error}"}})
+            self.jobs.update(
+                record["id"],
+                {
+                    "status": JobStatus.FAILED,
+                    "error": {"type": type(error).__name__, "message": f"could not enqueue the job: {error}"},
+                },
+            )
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
 

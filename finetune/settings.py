@@ -46,9 +46,7 @@ class CacheLayout:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    redis_url: str | None = Field(
-        default=None, description="Redis URL; unset for `make run` means an embedded Redis"
-    )
+    redis_url: str | None = Field(default=None, description="Redis URL; unset for `make run` means an embedded Redis")
     model_dir: str = Field(default="./models", description="model store: a path or s3://bucket/prefix")
     data_dir: str = Field(default="./data", description="datasets: a path or s3://bucket/prefix")
     cache_dir: str = Field(default="./.cache/finetune", description="local cache for remote datasets")
@@ -66,19 +64,27 @@ class Settings(BaseSettings):
     job_max_attempts: int = 3
     heartbeat_s: float = 10.0
     gpu_lock_dir: str | None = Field(
-        default=None, description="shared folder where each worker on a multi-GPU host claims one GPU")
+        default=None, description="shared folder where each worker on a multi-GPU host claims one GPU"
+    )
     stale_temp_after_s: float = Field(
-        default=3600.0, description="at start-up the API removes upload spools and staging folders untouched this long")
+        default=3600.0, description="at start-up the API removes upload spools and staging folders untouched this long"
+    )
 
     model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
     predict_max_batch: int = 32
     predict_max_wait_ms: float = 1.0
-    predict_concurrency: int = Field(default_factory=lambda: usable_cores(), ge=1, le=256,
-                                     description="forward passes of one model /predict runs at the same time "
-                                                 "(default: one per core)")
-    predict_threads: int = Field(default=1, ge=0, le=256,
-                                 description="TensorFlow threads per forward pass in the API (0: TensorFlow's "
-                                             "default, every core)")
+    predict_concurrency: int = Field(
+        default_factory=lambda: usable_cores(),
+        ge=1,
+        le=256,
+        description="forward passes of one model /predict runs at the same time (default: one per core)",
+    )
+    predict_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="TensorFlow threads per forward pass in the API (0: TensorFlow's default, every core)",
+    )
 
     api_keys: str = Field(default="", description="comma-separated; empty means no authentication")
     cors_origins: str = Field(default="", description="comma-separated origins; empty means CORS off")

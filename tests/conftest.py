@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -107,8 +107,11 @@ class LiveService:
         """A second API on this service's Redis and stores with some settings changed, and a client of
         it (carrying `.port` and `.process`); stopped on leaving."""
         port = free_port()
-        process = start_api(env={**self.env, **{key: str(value) for key, value in overrides.items()}},
-                            port=port, log_path=Path(log_dir) / "api.log")
+        process = start_api(
+            env={**self.env, **{key: str(value) for key, value in overrides.items()}},
+            port=port,
+            log_path=Path(log_dir) / "api.log",
+        )
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
                 client.port, client.process = port, process

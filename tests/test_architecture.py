@@ -15,19 +15,32 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower ranks are imported by higher ones, never the other way. Rooms of one rank do not import each other.
 RANKS = {
     "finetune": 0,  # the package's own (empty) __init__
-    "finetune.errors": 1, "finetune.ids": 2, "finetune.states": 2,
+    "finetune.errors": 1,
+    "finetune.ids": 2,
+    "finetune.states": 2,
     "finetune.ml": 3,
     "finetune.settings": 4,
     "finetune.stores": 5,
-    "finetune.execution": 6, "finetune.serving": 6,
+    "finetune.execution": 6,
+    "finetune.serving": 6,
     "finetune.service": 7,
     "finetune.launcher": 8,
     "finetune.cli": 9,
-    "app": 10, "worker": 10,
+    "app": 10,
+    "worker": 10,
 }
 # What the ML core must never touch: it runs in a job process and in notebooks alike.
-ML_FORBIDDEN = ("redis", "fsspec", "s3fs", "celery", "fastapi", "starlette", "uvicorn", "subprocess",
-                "pydantic_settings")
+ML_FORBIDDEN = (
+    "redis",
+    "fsspec",
+    "s3fs",
+    "celery",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "subprocess",
+    "pydantic_settings",
+)
 
 
 def room_of(module: str) -> str | None:
@@ -90,7 +103,9 @@ def test_the_check_catches_wrong_way_imports(tmp_path):
         "finetune.ml.probe imports redis",
     ]
     assert violations("finetune.stores.probe", ["finetune.serving.cache"]) == [
-        "finetune.stores.probe (finetune.stores) imports finetune.serving.cache (finetune.serving)"]
+        "finetune.stores.probe (finetune.stores) imports finetune.serving.cache (finetune.serving)"
+    ]
     assert violations("finetune.serving.probe", ["finetune.execution.protocol"]) == [
-        "finetune.serving.probe (finetune.serving) imports finetune.execution.protocol (finetune.execution)"]
+        "finetune.serving.probe (finetune.serving) imports finetune.execution.protocol (finetune.execution)"
+    ]
     assert violations("finetune.service", ["finetune.serving.cache", "finetune.ml.spec", "finetune.errors"]) == []

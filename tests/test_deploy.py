@@ -293,7 +293,12 @@ def test_backbone_list_parsing():
     assert specs[3].kwargs()["input_shape"] == (160, 160, 3)
     assert fetch_weights.parse_specs("") == fetch_weights.parse_specs("none") == []
     assert set(fetch_weights.APPLICATIONS) == {
-        "vgg16", "vgg19", "resnet50", "mobilenet", "mobilenet_v2", "efficientnet_b0"
+        "vgg16",
+        "vgg19",
+        "resnet50",
+        "mobilenet",
+        "mobilenet_v2",
+        "efficientnet_b0",
     }
     for bad in ("alexnet", "vgg16:0.5", "mobilenet:0.25:224:x"):
         with pytest.raises(ValueError):
@@ -308,11 +313,19 @@ def test_fetch_finds_a_preplaced_weight_file_offline(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(SHARED_WEIGHTS, models / SHARED_WEIGHTS.name)
-    env = {**os.environ, "KERAS_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": "",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    env = {
+        **os.environ,
+        "KERAS_HOME": str(tmp_path),
+        "CUDA_VISIBLE_DEVICES": "",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
     result = subprocess.run(
         [sys.executable, str(FETCH_WEIGHTS), "mobilenet:0.25"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in models.iterdir()) == [SHARED_WEIGHTS.name]
@@ -342,7 +355,8 @@ def test_api_entry_point_defines_app():
         pytest.skip("app/main.py not written yet")
     tree = ast.parse(path.read_text())
     lazy = any(
-        isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        isinstance(node, ast.FunctionDef)
+        and node.name == "__getattr__"
         and any(isinstance(c, ast.Constant) and c.value == "app" for c in ast.walk(node))
         for node in tree.body
     )

@@ -7,11 +7,11 @@ import logging
 import signal
 import subprocess
 
-from worker.celery_app import app
 from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, RUN_JOB_TASK, runner_command, worker_id
+from finetune.settings import get_settings
 from finetune.states import FINAL_STATUSES, JobStatus
 from finetune.stores.jobs import JobStore
-from finetune.settings import get_settings
+from worker.celery_app import app
 
 log = logging.getLogger("worker.tasks")
 PR_SET_PDEATHSIG = 1

@@ -15,8 +15,11 @@ async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Redis (the broker) is reachable",
-            responses={503: {"description": "Redis unreachable"}})
+@router.get(
+    "/readyz",
+    summary="Readiness: Redis (the broker) is reachable",
+    responses={503: {"description": "Redis unreachable"}},
+)
 async def readyz(service: ServiceDep):
     if await run_in_threadpool(service.jobs.ping):
         return {"status": "ready"}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -25,9 +25,13 @@ def _public(record: dict) -> dict:
     return record
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             summary="Start a fine-tuning job", responses={404: {"description": "unknown dataset"},
-                                                           409: {"description": "dataset being deleted"}})
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    summary="Start a fine-tuning job",
+    responses={404: {"description": "unknown dataset"}, 409: {"description": "dataset being deleted"}},
+)
 async def create_job(spec: JobCreate, service: ServiceDep, request: Request, response: Response):
     record = await run_in_threadpool(service.create_job, spec)
     response.headers["Location"] = str(request.url_for("get_job", job_id=record["id"]))
@@ -35,9 +39,7 @@ async def create_job(spec: JobCreate, service: ServiceDep, request: Request, res
 
 
 @router.get("", response_model=ListPublic[JobPublic])
-async def list_jobs(service: ServiceDep,
-                    status_filter: Annotated[JobStatus | None,
-                                             Query(alias="status")] = None):
+async def list_jobs(service: ServiceDep, status_filter: Annotated[JobStatus | None, Query(alias="status")] = None):
     data = [_public(record) for record in await run_in_threadpool(service.jobs.list, status=status_filter)]
     return {"data": data, "count": len(data)}
 
@@ -47,15 +49,19 @@ async def get_job(job_id: str, service: ServiceDep):
     return _public(await run_in_threadpool(service.jobs.get, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic,
-             summary="Cancel a queued job at once, a running one at its next batch")
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, summary="Cancel a queued job at once, a running one at its next batch"
+)
 async def cancel_job(job_id: str, service: ServiceDep):
     return _public(await run_in_threadpool(service.jobs.request_cancel, job_id))
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            summary="Server-sent events: the job resource at every change, until a final state",
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    summary="Server-sent events: the job resource at every change, until a final state",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def job_events(job_id: str, service: ServiceDep, request: Request):
     first = await run_in_threadpool(service.jobs.get, job_id)
 
@@ -75,5 +81,6 @@ async def job_events(job_id: str, service: ServiceDep, request: Request):
             quiet += EVENT_POLL_S
             record = await run_in_threadpool(service.jobs.get, job_id)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -26,8 +26,9 @@ async def get_model(model_id: str, service: ServiceDep):
     return await run_in_threadpool(service.models.get, model_id)
 
 
-@router.get("/{model_id}/download", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/{model_id}/download", response_class=FileResponse, responses={200: {"content": {"application/octet-stream": {}}}}
+)
 async def download_model(model_id: str, service: ServiceDep):
     path = await run_in_threadpool(service.models.model_file, model_id)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}.keras")

@@ -14,11 +14,18 @@ from finetune.ml.predictor import ImageInput
 router = APIRouter(tags=["predict"])
 
 
-@router.post("/predict", response_model=PredictResponse,
-             summary="Top-k labels of one or more images",
-             responses={400: {"description": "corrupt image"}, 404: {"description": "unknown model"},
-                        409: {"description": "model not ready"}, 413: {"description": "too many files"},
-                        415: {"description": "not an image"}})
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Top-k labels of one or more images",
+    responses={
+        400: {"description": "corrupt image"},
+        404: {"description": "unknown model"},
+        409: {"description": "model not ready"},
+        413: {"description": "too many files"},
+        415: {"description": "not an image"},
+    },
+)
 async def predict(
     request: Request,
     service: ServiceDep,
@@ -29,13 +36,15 @@ async def predict(
 ):
     if len(file) > settings.max_predict_files:
         raise TooLarge(f"{len(file)} files in one request; the limit is {settings.max_predict_files}")
-    served = (service.loaded_model(model_id or None)
-              or await run_in_threadpool(service.model_for_prediction, model_id or None))
+    served = service.loaded_model(model_id or None) or await run_in_threadpool(
+        service.model_for_prediction, model_id or None
+    )
     predictor, batcher = served.predictor, served.batcher
     batcher.expect()  # a batch collecting now waits for these images while they decode
     try:
-        images = [ImageInput(name=upload.filename or f"file{i}", data=await upload.read())
-                  for i, upload in enumerate(file)]
+        images = [
+            ImageInput(name=upload.filename or f"file{i}", data=await upload.read()) for i, upload in enumerate(file)
+        ]
 
         def decode_all() -> np.ndarray:
             return np.stack([predictor.load_pixels(image, max_pixels=settings.max_image_pixels) for image in images])

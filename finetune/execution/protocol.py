@@ -23,6 +23,7 @@ def worker_id(pid: int | None = None) -> str:
     """The name a job process writes into its job's heartbeat: `host:pid` (this process by default)."""
     return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
 
+
 # The Celery task that runs a job: sent by the API, registered by the worker.
 RUN_JOB_TASK = "finetune.run_job"
 # The queue the workers consume and the API sends to.

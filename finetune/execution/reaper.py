@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 
-from finetune.stores.jobs import JobStore
 from finetune.settings import Settings
+from finetune.stores.jobs import JobStore
 
 log = logging.getLogger("finetune.execution.reaper")
 LOCK_KEY = "finetune:reaper-lock"
@@ -34,8 +34,9 @@ def requeue_stale_jobs(jobs: JobStore, *, stale_after_s: float, enqueue) -> list
             continue
         enqueue(record["id"])
         requeued.append(record["id"])
-        log.warning("job %s: worker silent for %.0f s; re-queued to resume from its checkpoint",
-                    record["id"], now - (beat or 0))
+        log.warning(
+            "job %s: worker silent for %.0f s; re-queued to resume from its checkpoint", record["id"], now - (beat or 0)
+        )
     return requeued
 
 

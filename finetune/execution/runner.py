@@ -10,22 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-from finetune.stores.archive import ArchiveLimits
-from finetune.stores.datasets import DatasetStore
 from finetune.errors import JobCancelled, JobTimedOut
 from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_id
 from finetune.ids import now_iso
-from finetune.states import FINAL_STATUSES, JobStatus
-from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
-from finetune.settings import Settings, get_settings
 from finetune.ml.spec import JobSpec
+from finetune.settings import Settings, get_settings
+from finetune.states import FINAL_STATUSES
+from finetune.stores.archive import ArchiveLimits
+from finetune.stores.datasets import DatasetStore
+from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
 from finetune.stores.location import is_remote
 from finetune.stores.models import ModelStore
 
@@ -41,8 +40,12 @@ def checkpoint_dir(settings: Settings, job_id: str) -> Path:
 
 
 def dataset_store(settings: Settings) -> DatasetStore:
-    return DatasetStore(settings.data_dir, cache_dir=settings.cache_dir,
-                        limits=ArchiveLimits.from_settings(settings), max_pixels=settings.max_image_pixels)
+    return DatasetStore(
+        settings.data_dir,
+        cache_dir=settings.cache_dir,
+        limits=ArchiveLimits.from_settings(settings),
+        max_pixels=settings.max_image_pixels,
+    )
 
 
 class ProgressReporter:
@@ -112,16 +115,29 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
         return "cancelled"
     attempts = record["attempts"] + 1
     if attempts > settings.job_max_attempts:
-        _finish(jobs, job_id, "failed", error={
-            "type": "WorkerLost",
-            "message": f"the job's worker stopped {record['attempts']} times before it finished; giving up",
-        })
+        _finish(
+            jobs,
+            job_id,
+            "failed",
+            error={
+                "type": "WorkerLost",
+                "message": f"the job's worker stopped {record['attempts']} times before it finished; giving up",
+            },
+        )
         shutil.rmtree(checkpoints, ignore_errors=True)
         shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
         return "failed"
-    record = jobs.update(job_id, {"status": "running", "attempts": attempts, "worker": worker, "error": None,
-                                  "started_at": record["started_at"] or now_iso()},
-                         allowed_from=frozenset({"queued", "running"}))
+    record = jobs.update(
+        job_id,
+        {
+            "status": "running",
+            "attempts": attempts,
+            "worker": worker,
+            "error": None,
+            "started_at": record["started_at"] or now_iso(),
+        },
+        allowed_from=frozenset({"queued", "running"}),
+    )
     jobs.heartbeat(job_id, worker)
     heartbeat = Heartbeat(jobs, job_id, worker, settings.heartbeat_s)
     heartbeat.start()
@@ -138,17 +154,30 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
     spec = JobSpec.model_validate(record["spec"])
     try:
         dataset_dir = dataset_store(settings).images_dir(spec.dataset_id)
-        result = train(spec.training_spec(), dataset_dir=dataset_dir, progress=reporter,
-                       should_cancel=should_cancel, checkpoint_dir=checkpoints,
-                       cache_dir=settings.cache.decoded(job_id),
-                       max_pixels=settings.max_image_pixels)
+        result = train(
+            spec.training_spec(),
+            dataset_dir=dataset_dir,
+            progress=reporter,
+            should_cancel=should_cancel,
+            checkpoint_dir=checkpoints,
+            cache_dir=settings.cache.decoded(job_id),
+            max_pixels=settings.max_image_pixels,
+        )
         if should_cancel():
             raise JobCancelled("cancelled before saving")
         reporter(ProgressEvent("saving"))
         store = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
         manifest = store.save(result, job_id=job_id, dataset_id=spec.dataset_id)
-        _finish(jobs, job_id, "succeeded", model_id=manifest["id"], progress=1.0, phase=None,
-                metrics=result.history[-1] if result.history else None, history=result.history)
+        _finish(
+            jobs,
+            job_id,
+            "succeeded",
+            model_id=manifest["id"],
+            progress=1.0,
+            phase=None,
+            metrics=result.history[-1] if result.history else None,
+            history=result.history,
+        )
         status = "succeeded"
     except JobCancelled:
         _finish(jobs, job_id, "cancelled")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 LAYER_PROBE_SIZE = 64
 
@@ -52,11 +52,17 @@ BACKBONES: dict[str, Backbone] = {
         Backbone("vgg19", "vgg19", "VGG19", default_unfreeze_from="block5_conv1"),
         Backbone("resnet50", "resnet50", "ResNet50", default_unfreeze_from="conv5_block3_1_conv"),
         Backbone(
-            "mobilenet", "mobilenet", "MobileNet", default_unfreeze_from="conv_dw_13",
+            "mobilenet",
+            "mobilenet",
+            "MobileNet",
+            default_unfreeze_from="conv_dw_13",
             alphas=(0.25, 0.5, 0.75, 1.0),
         ),
         Backbone(
-            "mobilenet_v2", "mobilenet_v2", "MobileNetV2", default_unfreeze_from="block_16_expand",
+            "mobilenet_v2",
+            "mobilenet_v2",
+            "MobileNetV2",
+            default_unfreeze_from="block_16_expand",
             alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
         ),
         Backbone("efficientnet_b0", "efficientnet", "EfficientNetB0", default_unfreeze_from="block7a_expand_conv"),
@@ -71,7 +77,7 @@ def get_backbone(name: str) -> Backbone:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def describe_layers(name: str, alpha: float | None = None) -> tuple[dict, ...]:
     """Index, name, type and parameter count of each backbone layer (the seed's inspect_model.py).
 

@@ -28,7 +28,7 @@ class TrainingState:
     trainee: str | None = None  # HEAD or MODEL; None before the first epoch
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainingState":
+    def from_json(cls, data: dict) -> TrainingState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})
 

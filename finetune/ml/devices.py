@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 STRATEGIES = ("default", "mirrored")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

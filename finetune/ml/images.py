@@ -52,9 +52,7 @@ def aspect_aware_resize(image: np.ndarray, size: int) -> np.ndarray:
     scale = size / min(height, width)
     new_width = max(size, round(width * scale))
     new_height = max(size, round(height * scale))
-    resized = Image.fromarray(image).convert("RGB").resize(
-        (new_width, new_height), Image.Resampling.BILINEAR
-    )
+    resized = Image.fromarray(image).convert("RGB").resize((new_width, new_height), Image.Resampling.BILINEAR)
     top = (new_height - size) // 2
     left = (new_width - size) // 2
     cropped = np.asarray(resized)[top : top + size, left : left + size]
@@ -108,8 +106,7 @@ def _check_dimensions(size: tuple[int, int], *, name: str, max_pixels: int) -> N
     width, height = size
     if width * height > max_pixels:
         raise BadImage(
-            f"{name}: image is {width}x{height} = {width * height} pixels, "
-            f"more than the limit of {max_pixels}"
+            f"{name}: image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
         )
     if width < MIN_SIDE or height < MIN_SIDE:
         raise BadImage(f"{name}: image is {width}x{height}, smaller than {MIN_SIDE}x{MIN_SIDE}")

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
-from finetune.ml.scan import DatasetScan
 from finetune.errors import DomainError
-from finetune.ml.images import load_image
 from finetune.ml.devices import usable_cores
+from finetune.ml.images import load_image
+from finetune.ml.scan import DatasetScan
 from finetune.ml.spec import AugmentationSpec
 
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
@@ -129,8 +129,10 @@ class RandomAffine(keras.layers.Layer):
         self.spec = spec
         self._after = then or (lambda images: images)
         self._resample = tf.function(
-            lambda images, transforms: self._after(bilinear_resample(images, transforms)), jit_compile=True,
-            autograph=False)
+            lambda images, transforms: self._after(bilinear_resample(images, transforms)),
+            jit_compile=True,
+            autograph=False,
+        )
 
     def get_config(self):
         return {**super().get_config(), "spec": self.spec.model_dump()}
@@ -151,11 +153,7 @@ class RandomAffine(keras.layers.Layer):
         shear = uniform(math.radians(self.spec.shear))
         zoom_x = 1.0 + uniform(self.spec.zoom)
         zoom_y = 1.0 + uniform(self.spec.zoom)
-        flip = (
-            tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32)
-            if self.spec.horizontal_flip
-            else tf.zeros([batch])
-        )
+        flip = tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32) if self.spec.horizontal_flip else tf.zeros([batch])
         zeros, ones = tf.zeros([batch]), tf.ones([batch])
 
         def matrix(*rows):
@@ -217,8 +215,11 @@ def make_dataset(
         images = tf.numpy_function(lambda rows: pixels[rows], [ordered], tf.uint8)
         return tf.ensure_shape(images, [None, *pixels.shape[1:]]), tf.gather(label_tensor, ordered)
 
-    augment = (augmentation if isinstance(augmentation, RandomAffine) or augmentation is None
-               else RandomAffine(augmentation, then=preprocess))
+    augment = (
+        augmentation
+        if isinstance(augmentation, RandomAffine) or augmentation is None
+        else RandomAffine(augmentation, then=preprocess)
+    )
 
     def load(batch_indices):
         # One map for gather, augmentation and preprocessing: with two, tf.data ran them at about

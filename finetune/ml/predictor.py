@@ -60,8 +60,9 @@ class Predictor:
         preprocess = get_backbone(manifest["backbone"]).preprocess()
         model = self.model
 
-        @tf.function(input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)],
-                     autograph=False)  # no Python control flow to convert, and no generated file in TMPDIR
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)], autograph=False
+        )  # no Python control flow to convert, and no generated file in TMPDIR
         def forward(pixels):
             return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
 
@@ -85,8 +86,10 @@ class Predictor:
         import tensorflow as tf
 
         function = self._concrete or self._forward
-        outputs = [np.asarray(function(tf.constant(pixels[start:start + self.max_batch], dtype=tf.uint8)))
-                   for start in range(0, len(pixels), self.max_batch)]
+        outputs = [
+            np.asarray(function(tf.constant(pixels[start : start + self.max_batch], dtype=tf.uint8)))
+            for start in range(0, len(pixels), self.max_batch)
+        ]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict]]:

@@ -35,7 +35,7 @@ class DatasetScan:
             counts[self.classes[label]] += 1
         return counts
 
-    def without(self, bad: dict[str, str]) -> "DatasetScan":
+    def without(self, bad: dict[str, str]) -> DatasetScan:
         """The same scan with the files in `bad` ({relative path: reason}) moved to skipped."""
         keep = [i for i, path in enumerate(self.files) if path not in bad]
         scan = DatasetScan(
@@ -50,9 +50,7 @@ class DatasetScan:
 
     def check_trainable(self) -> None:
         if len(self.classes) < 2:
-            raise BadDataset(
-                f"a dataset needs at least 2 classes (one folder per class); found {len(self.classes)}"
-            )
+            raise BadDataset(f"a dataset needs at least 2 classes (one folder per class); found {len(self.classes)}")
         thin = [name for name, count in self.counts.items() if count < 2]
         if thin:
             raise BadDataset(f"every class needs at least 2 images; too few in: {', '.join(thin)}")
@@ -104,7 +102,9 @@ def scan_dataset(root: str | Path, *, probe: bool = True, max_pixels: int = 50_0
     return scan
 
 
-def stratified_split(labels: list[int] | np.ndarray, *, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: list[int] | np.ndarray, *, validation_split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation indices: each class split in the same proportion, the same every time for a seed.
 
     Every class keeps at least one image on each side.

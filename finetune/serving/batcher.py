@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -32,8 +32,16 @@ class MicroBatcher:
     its many small ops; a second batch fills them: with 8 clients on 2 cores, 2 gave ~18% more
     requests/s than 1.) Its loop ends when idle, so an evicted model is not kept alive by its batcher."""
 
-    def __init__(self, forward: Forward, *, name: str = "batch", max_batch: int, max_wait_s: float,
-                 concurrency: int = 1, on_batch: BatchObserver | None = None):
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        name: str = "batch",
+        max_batch: int,
+        max_wait_s: float,
+        concurrency: int = 1,
+        on_batch: BatchObserver | None = None,
+    ):
         self.forward, self.max_batch, self.max_wait_s = forward, max_batch, max_wait_s
         self.concurrency = max(1, concurrency)
         self.on_batch = on_batch
@@ -41,8 +49,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._coming = 0  # requests announced by expect() and not yet queued (event-loop thread only)
-        self._executor = ThreadPoolExecutor(max_workers=self.concurrency,
-                                            thread_name_prefix=f"predict-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"predict-{name}")
 
     def expect(self) -> None:
         """A request is on its way (call `predict(..., expected=True)` or `unexpect()` later)."""
@@ -67,7 +74,7 @@ class MicroBatcher:
     async def _collect(self) -> list[_Request] | None:
         try:
             first = await asyncio.wait_for(self._queue.get(), IDLE_EXIT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         batch, size = [first], len(first.pixels)
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
@@ -80,7 +87,7 @@ class MicroBatcher:
                     break
                 try:
                     request = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             else:
                 request = self._queue.get_nowait()
@@ -104,8 +111,7 @@ class MicroBatcher:
             pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([request.pixels for request in batch])
             started = time.perf_counter()
             try:
-                probabilities = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.forward, pixels)
+                probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self.forward, pixels)
             except Exception as error:
                 for request in batch:
                     if not request.future.done():

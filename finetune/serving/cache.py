@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from finetune.ml.predictor import Predictor
 from finetune.serving.batcher import BatchObserver, MicroBatcher
@@ -46,8 +46,15 @@ class PredictorCache:
     `clock` is injectable so tests can age the confirmations without patching the standard library.
     """
 
-    def __init__(self, store, *, size: int, batching: BatchingOptions | None = None, revalidate_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store,
+        *,
+        size: int,
+        batching: BatchingOptions | None = None,
+        revalidate_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.store, self.size, self.revalidate_s, self.clock = store, max(1, size), revalidate_s, clock
         self.batching = batching or BatchingOptions()
         self._served: OrderedDict[str, ServedModel] = OrderedDict()
@@ -97,9 +104,14 @@ class PredictorCache:
         options = self.batching
         predictor = Predictor(self.store.model_file(manifest["id"]), manifest, max_batch=options.max_batch)
         predictor.warm_up()
-        batcher = MicroBatcher(predictor.predict_pixels, name=predictor.model_id, max_batch=options.max_batch,
-                               max_wait_s=options.max_wait_s, concurrency=options.concurrency,
-                               on_batch=options.on_batch)
+        batcher = MicroBatcher(
+            predictor.predict_pixels,
+            name=predictor.model_id,
+            max_batch=options.max_batch,
+            max_wait_s=options.max_wait_s,
+            concurrency=options.concurrency,
+            on_batch=options.on_batch,
+        )
         return ServedModel(predictor, batcher)
 
     def evict(self, model_id: str) -> None:

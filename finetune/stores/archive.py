@@ -35,6 +35,7 @@ What `unpack_archive` guarantees and decides:
   succeeded; on any failure it is removed, so a refused upload leaves
   nothing behind. Nothing is written anywhere else.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -62,13 +63,30 @@ ArchiveFormat = Literal["zip", "tar", "tar.gz"]
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "special"]
 
 NESTED_ARCHIVE_SUFFIXES = (
-    ".zip", ".tar", ".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz", ".zst", ".7z", ".rar",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".tgz",
+    ".bz2",
+    ".tbz",
+    ".tbz2",
+    ".xz",
+    ".txz",
+    ".zst",
+    ".7z",
+    ".rar",
 )
 IGNORED_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 
 _NESTED_ARCHIVE_MAGIC = (
-    b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00",
-    b"\x28\xb5\x2f\xfd", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07",
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"\x28\xb5\x2f\xfd",
+    b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07",
 )
 _TAR_BLOCK = 512
 _TAR_MAGIC_OFFSET = 257
@@ -79,8 +97,16 @@ _MAX_NAME_COMPONENT_BYTES = 255
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _SEPARATORS = re.compile(r"[/\\]")
 _CORRUPT_ARCHIVE_ERRORS = (
-    zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error,
-    lzma.LZMAError, struct.error, NotImplementedError, UnicodeError, OSError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    struct.error,
+    NotImplementedError,
+    UnicodeError,
+    OSError,
 )
 
 
@@ -448,9 +474,7 @@ def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry) -> None:
 # --- extract --------------------------------------------------------------------------------
 
 
-def _unpack_into(
-    archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits
-) -> None:
+def _unpack_into(archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits) -> None:
     packed_size = archive_path.stat().st_size
     budget = _Budget(limits, packed_size)
     with _open_reader(archive_path, archive_format, limits, packed_size) as reader:

@@ -7,10 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from finetune.stores.archive import ArchiveLimits, unpack_archive
-from finetune.ml.scan import scan_dataset
 from finetune.errors import Conflict, NotFound
 from finetune.ids import check_id, new_id, now_iso
+from finetune.ml.scan import scan_dataset
+from finetune.stores.archive import ArchiveLimits, unpack_archive
 from finetune.stores.location import Location
 
 RECORD_FILE = "dataset.json"
@@ -19,8 +19,7 @@ IMAGES = "images"
 
 
 class DatasetStore:
-    def __init__(self, url: str | Path, *, cache_dir: str | Path | None = None,
-                 limits: ArchiveLimits, max_pixels: int):
+    def __init__(self, url: str | Path, *, cache_dir: str | Path | None = None, limits: ArchiveLimits, max_pixels: int):
         self.location = Location(str(url))
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "datasets"
         self.limits, self.max_pixels = limits, max_pixels
@@ -75,8 +74,9 @@ class DatasetStore:
         """Marks the dataset as being deleted (new jobs on it get 409), then removes it."""
         self.get(dataset_id)
         self.location.fs.pipe_file(self.location.path(dataset_id, DELETING_FILE), b"")
-        self.location.remove_folder(dataset_id, record_file=RECORD_FILE,
-                                    doomed_name=f".deleting-{dataset_id}-{new_id()}")
+        self.location.remove_folder(
+            dataset_id, record_file=RECORD_FILE, doomed_name=f".deleting-{dataset_id}-{new_id()}"
+        )
         shutil.rmtree(self.cache_dir / dataset_id, ignore_errors=True)
 
     def images_dir(self, dataset_id: str) -> Path:

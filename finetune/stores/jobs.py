@@ -13,8 +13,8 @@ from datetime import datetime
 import redis
 
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.ml.spec import JobSpec
 from finetune.ids import check_id, new_id, now_iso
+from finetune.ml.spec import JobSpec
 from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
 INDEX_KEY = "finetune:jobs"
@@ -73,9 +73,12 @@ class JobStore:
         self.redis = client
 
     @classmethod
-    def from_url(cls, url: str) -> "JobStore":
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
-                                        health_check_interval=30))
+    def from_url(cls, url: str) -> JobStore:
+        return cls(
+            redis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+            )
+        )
 
     def ping(self) -> bool:
         try:
@@ -95,7 +98,9 @@ class JobStore:
 
         def write():
             pipe = self.redis.pipeline()
-            pipe.hset(job_key(record["id"]), mapping={"record": json.dumps(record), "status": JobStatus.QUEUED, "cancel": "0"})
+            pipe.hset(
+                job_key(record["id"]), mapping={"record": json.dumps(record), "status": JobStatus.QUEUED, "cancel": "0"}
+            )
             pipe.zadd(INDEX_KEY, {record["id"]: created})
             pipe.execute()
 
@@ -151,8 +156,11 @@ class JobStore:
             raise Conflict(f"job {job_id!r} is already {record['status']}")
         self._guard(lambda: self.redis.hset(job_key(job_id), "cancel", "1"))
         try:
-            return self.update(job_id, {"status": JobStatus.CANCELLED, "finished_at": now_iso(), "eta_seconds": None},
-                               allowed_from=frozenset({JobStatus.QUEUED}))
+            return self.update(
+                job_id,
+                {"status": JobStatus.CANCELLED, "finished_at": now_iso(), "eta_seconds": None},
+                allowed_from=frozenset({JobStatus.QUEUED}),
+            )
         except Conflict:
             return self.get(job_id)
 
@@ -188,8 +196,11 @@ class JobStore:
         return float(value) if value else None
 
     def jobs_on_dataset(self, dataset_id: str) -> list[dict]:
-        return [record for record in self.list() if record["dataset_id"] == dataset_id
-                and record["status"] in ACTIVE_STATUSES]
+        return [
+            record
+            for record in self.list()
+            if record["dataset_id"] == dataset_id and record["status"] in ACTIVE_STATUSES
+        ]
 
     def counts_by_status(self) -> dict[str, int]:
         counts = {str(status): 0 for status in JobStatus}

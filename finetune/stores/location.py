@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import fsspec
+
 
 @dataclass
 class Location:
@@ -98,9 +98,12 @@ class Location:
     def remove_stale_staging(self, cache_dir: Path, *, older_than_s: float) -> list[str]:
         """Staging folders left by a process that died while assembling one (`.tmp-*`, once untouched
         for `older_than_s`) and local deletions cut short (`.deleting-*`)."""
-        return remove_stale_temporaries(self.staging_parent(cache_dir), prefixes=(".tmp-",),
-                                        older_than_s=older_than_s,
-                                        always=(".deleting-",) if self.is_local else ())
+        return remove_stale_temporaries(
+            self.staging_parent(cache_dir),
+            prefixes=(".tmp-",),
+            older_than_s=older_than_s,
+            always=(".deleting-",) if self.is_local else (),
+        )
 
 
 def is_remote(url: str | Path) -> bool:
@@ -132,8 +135,9 @@ def newest_change(path: Path, *, since: float) -> float:
     return newest
 
 
-def remove_stale_temporaries(directory: str | Path, *, prefixes: tuple[str, ...], older_than_s: float,
-                             always: tuple[str, ...] = ()) -> list[str]:
+def remove_stale_temporaries(
+    directory: str | Path, *, prefixes: tuple[str, ...], older_than_s: float, always: tuple[str, ...] = ()
+) -> list[str]:
     """Remove what a process killed mid-write left in `directory`: entries named with one of `prefixes`
     in which nothing changed for `older_than_s` (work still in flight elsewhere keeps changing, so it is
     left alone), and entries named with one of `always` (already doomed). Returns the names removed."""

@@ -54,8 +54,9 @@ class ModelStore:
         if self.location.is_local:
             Path(self.location.root).mkdir(parents=True, exist_ok=True)
 
-    def save(self, result, *, job_id: str | None = None, dataset_id: str | None = None,
-             model_id: str | None = None) -> dict:
+    def save(
+        self, result, *, job_id: str | None = None, dataset_id: str | None = None, model_id: str | None = None
+    ) -> dict:
         model_id = model_id or new_id()
         manifest = build_manifest(result, model_id=model_id, job_id=job_id, dataset_id=dataset_id)
         with self.location.publishing(model_id, cache_dir=self.cache_dir, record_file=MANIFEST_FILE) as staging:

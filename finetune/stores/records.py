@@ -59,7 +59,7 @@ class JobRecord(_Record):
     finished_at: str | None = None
 
     @classmethod
-    def new(cls, spec: dict[str, Any], dataset_id: str) -> "JobRecord":
+    def new(cls, spec: dict[str, Any], dataset_id: str) -> JobRecord:
         return cls(id=new_id(), status=JobStatus.QUEUED, spec=spec, dataset_id=dataset_id, created_at=now_iso())
 
 

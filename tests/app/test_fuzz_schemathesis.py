@@ -36,8 +36,16 @@ def tiny_model_result():
 
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
-    spec = TrainingSpec.model_validate({"backbone": "vgg16", "weights": "none", "image_size": 32,
-                                        "warmup": {"epochs": 1}, "finetune": None, "augmentation": None})
+    spec = TrainingSpec.model_validate(
+        {
+            "backbone": "vgg16",
+            "weights": "none",
+            "image_size": 32,
+            "warmup": {"epochs": 1},
+            "finetune": None,
+            "augmentation": None,
+        }
+    )
 
     class Result:
         model = keras.Model(inputs, outputs)
@@ -71,9 +79,15 @@ def fuzz_app(redis_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{FUZZ_REDIS_DB}"
     JobStore.from_url(redis_url).redis.flushdb()
-    settings_ = Settings(redis_url=redis_url, model_dir=str(root / "models"), data_dir=str(root / "data"),
-                         cache_dir=str(root / "cache"), max_upload_mb=4, max_image_pixels=4_000_000,
-                         archive_max_files=50)
+    settings_ = Settings(
+        redis_url=redis_url,
+        model_dir=str(root / "models"),
+        data_dir=str(root / "data"),
+        cache_dir=str(root / "cache"),
+        max_upload_mb=4,
+        max_image_pixels=4_000_000,
+        archive_max_files=50,
+    )
     manifest = ModelStore(settings_.model_dir, cache_dir=settings_.cache_dir).save(tiny_model_result())
     enqueued: list[str] = []
     app = create_app(settings_, enqueue=enqueued.append)
@@ -93,8 +107,12 @@ def openapi_document() -> dict:
     from app.main import create_app
 
     with tempfile.TemporaryDirectory(prefix="fuzz-schema-") as root:
-        app = create_app(Settings(redis_url="redis://127.0.0.1:9/0", model_dir=f"{root}/m", data_dir=f"{root}/d",
-                                  cache_dir=f"{root}/c"), enqueue=lambda job_id: None)
+        app = create_app(
+            Settings(
+                redis_url="redis://127.0.0.1:9/0", model_dir=f"{root}/m", data_dir=f"{root}/d", cache_dir=f"{root}/c"
+            ),
+            enqueue=lambda job_id: None,
+        )
         return app.openapi()
 
 
@@ -108,15 +126,26 @@ schema = (
 
 
 @schema.parametrize()
-@settings(deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 def test_no_input_gets_a_server_error(case, fuzz_app):
     """About half the generated ids are swapped for real ones (the seed dataset and model, a job made
     earlier), so generated specs reach the queue and generated paths reach the real dataset's files."""
     seed = fuzz_app.state.fuzz
-    real = {"dataset_id": seed["dataset"]["id"], "model_id": seed["model"]["id"],
-            "job_id": seed["enqueued"][-1] if seed["enqueued"] else None}
+    real = {
+        "dataset_id": seed["dataset"]["id"],
+        "model_id": seed["model"]["id"],
+        "job_id": seed["enqueued"][-1] if seed["enqueued"] else None,
+    }
     for values in (case.body if isinstance(case.body, dict) else None, case.path_parameters):
         for key, value in (values or {}).items():
             if key in real and real[key] and isinstance(value, str) and len(value) % 2 == 0:
@@ -129,10 +158,19 @@ def test_no_input_gets_a_server_error(case, fuzz_app):
 def test_the_seed_dataset_and_model_are_untouched_by_the_fuzzing(fuzz_app):
     """Runs after the fuzzing (file order): what was there before is listed and predicts the same."""
     seed = fuzz_app.state.fuzz
-    print(f"fuzzed: {sum(sum(c.values()) for c in seed['calls'].values())} requests, "
-          f"{len(seed['enqueued'])} jobs enqueued; by operation and status: {seed['calls']}")
-    for operation in ("POST /datasets", "POST /predict", "POST /jobs", "GET /jobs", "GET /jobs/{job_id}",
-                      "POST /jobs/{job_id}/cancel", "GET /datasets/{dataset_id}/files/{path}"):
+    print(
+        f"fuzzed: {sum(sum(c.values()) for c in seed['calls'].values())} requests, "
+        f"{len(seed['enqueued'])} jobs enqueued; by operation and status: {seed['calls']}"
+    )
+    for operation in (
+        "POST /datasets",
+        "POST /predict",
+        "POST /jobs",
+        "GET /jobs",
+        "GET /jobs/{job_id}",
+        "POST /jobs/{job_id}/cancel",
+        "GET /datasets/{dataset_id}/files/{path}",
+    ):
         assert sum(seed["calls"].get(operation, {}).values()) >= min(20, MAX_EXAMPLES // 2), (operation, seed["calls"])
     # the loaded predictor's micro-batcher lives on the event loop of the fuzzing client: load afresh here
     fuzz_app.state.service.predictors.evict(seed["model"]["id"])

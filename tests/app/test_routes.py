@@ -22,8 +22,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROUTE_TEST_DB = 2  # this module's own database on the session's Redis, flushed before each test
-TINY_JOB = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32, "batch_size": 8,
-            "warmup": {"epochs": 1}, "finetune": {"epochs": 1}}
+TINY_JOB = {
+    "backbone": "mobilenet",
+    "alpha": 0.25,
+    "weights": "none",
+    "image_size": 32,
+    "batch_size": 8,
+    "warmup": {"epochs": 1},
+    "finetune": {"epochs": 1},
+}
 
 
 def db_url(redis_server, db: int = ROUTE_TEST_DB) -> str:
@@ -31,9 +38,18 @@ def db_url(redis_server, db: int = ROUTE_TEST_DB) -> str:
 
 
 def make_settings(tmp_path: Path, redis_url: str, **overrides) -> Settings:
-    values = dict(redis_url=redis_url, model_dir=str(tmp_path / "models"), data_dir=str(tmp_path / "data"),
-                  cache_dir=str(tmp_path / "cache"), max_upload_mb=1.0, max_predict_files=4,
-                  archive_max_files=1000, archive_max_bytes=50 * 1024 * 1024, api_keys="", cors_origins="")
+    values = dict(
+        redis_url=redis_url,
+        model_dir=str(tmp_path / "models"),
+        data_dir=str(tmp_path / "data"),
+        cache_dir=str(tmp_path / "cache"),
+        max_upload_mb=1.0,
+        max_predict_files=4,
+        archive_max_files=1000,
+        archive_max_bytes=50 * 1024 * 1024,
+        api_keys="",
+        cors_origins="",
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -84,14 +100,16 @@ def tar_bytes(entries: dict[str, bytes], *, gz: bool = False) -> bytes:
 
 
 def image_entries(classes=("red", "blue"), per_class: int = 3) -> dict[str, bytes]:
-    return {f"{name}/{name}_{n}.png": make_image_bytes(name, 24, seed=i * 100 + n)
-            for i, name in enumerate(classes) for n in range(per_class)}
+    return {
+        f"{name}/{name}_{n}.png": make_image_bytes(name, 24, seed=i * 100 + n)
+        for i, name in enumerate(classes)
+        for n in range(per_class)
+    }
 
 
 def upload(client: TestClient, data: bytes, filename: str = "set.zip", name: str | None = None, **kwargs):
     form = {"name": name} if name is not None else None
-    return client.post("/datasets", files={"file": (filename, data, "application/octet-stream")}, data=form,
-                       **kwargs)
+    return client.post("/datasets", files={"file": (filename, data, "application/octet-stream")}, data=form, **kwargs)
 
 
 @pytest.fixture
@@ -111,8 +129,11 @@ def post_job(client: TestClient, dataset_id: str, **overrides):
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
 def test_upload_each_archive_format(client, kind):
     entries = image_entries()
-    data = {"zip": lambda: zip_bytes(entries), "tar": lambda: tar_bytes(entries),
-            "tar.gz": lambda: tar_bytes(entries, gz=True)}[kind]()
+    data = {
+        "zip": lambda: zip_bytes(entries),
+        "tar": lambda: tar_bytes(entries),
+        "tar.gz": lambda: tar_bytes(entries, gz=True),
+    }[kind]()
     response = upload(client, data, f"colours.{kind}")
     assert response.status_code == 201, response.text
     body = response.json()
@@ -126,8 +147,10 @@ def test_upload_each_archive_format(client, kind):
 
 
 def test_upload_takes_the_name_field_and_lists_skipped_files(client):
-    entries = image_entries() | {"red/notes.txt": b"not a picture",
-                                 "blue/broken.png": make_image_bytes("blue", 24)[:60]}
+    entries = image_entries() | {
+        "red/notes.txt": b"not a picture",
+        "blue/broken.png": make_image_bytes("blue", 24)[:60],
+    }
     response = upload(client, zip_bytes(entries), "x.zip", name="my colours")
     assert response.status_code == 201, response.text
     body = response.json()
@@ -164,10 +187,12 @@ def chunked_multipart(payload: bytes, filename: str = "set.zip", chunk: int = 64
     boundary = "test-boundary-7f3a"
 
     def parts():
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         for start in range(0, len(payload), chunk):
-            yield payload[start:start + chunk]
+            yield payload[start : start + chunk]
         yield f"\r\n--{boundary}--\r\n".encode()
 
     return parts(), {"content-type": f"multipart/form-data; boundary={boundary}"}
@@ -265,19 +290,22 @@ def test_job_spec_defaults_are_the_seed_recipe(client, dataset):
     assert spec["augmentation"]["rotation"] == 30
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"backbone": "vgg16", "alpha": 0.5}, "alpha"),
-    ({"alpha": 0.3, "weights": "imagenet"}, "alpha"),
-    ({"warmup": {"learning_rate": 0}}, "learning_rate"),
-    ({"warmup": {"epochs": -1}}, "warmup"),
-    ({"finetune": {"unfreeze_from": "no_such_layer"}}, "finetune"),
-    ({"validation_split": 1.5}, "validation_split"),
-    ({"image_size": 16}, "image_size"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"backbone": "alexnet"}, "backbone"),
-    ({"learning_rate": 0.01}, "learning_rate"),
-    ({"head": {"units": 8, "activation": "relu"}}, "activation"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"backbone": "vgg16", "alpha": 0.5}, "alpha"),
+        ({"alpha": 0.3, "weights": "imagenet"}, "alpha"),
+        ({"warmup": {"learning_rate": 0}}, "learning_rate"),
+        ({"warmup": {"epochs": -1}}, "warmup"),
+        ({"finetune": {"unfreeze_from": "no_such_layer"}}, "finetune"),
+        ({"validation_split": 1.5}, "validation_split"),
+        ({"image_size": 16}, "image_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"backbone": "alexnet"}, "backbone"),
+        ({"learning_rate": 0.01}, "learning_rate"),
+        ({"head": {"units": 8, "activation": "relu"}}, "activation"),
+    ],
+)
 def test_invalid_spec_is_422_naming_the_field(client, dataset, enqueued, overrides, field):
     response = post_job(client, dataset["id"], **overrides)
     assert response.status_code == 422, response.text
@@ -452,9 +480,20 @@ def test_docs_and_openapi_are_served(client):
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     schema = client.get("/openapi.json").json()
-    for path in ("/datasets", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/events",
-                 "/models", "/models/{model_id}", "/models/{model_id}/download", "/predict",
-                 "/healthz", "/readyz", "/backbones"):
+    for path in (
+        "/datasets",
+        "/jobs",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/events",
+        "/models",
+        "/models/{model_id}",
+        "/models/{model_id}/download",
+        "/predict",
+        "/healthz",
+        "/readyz",
+        "/backbones",
+    ):
         assert path in schema["paths"], path
 
 

@@ -10,16 +10,18 @@ from finetune.ml.spec import TrainingSpec
 
 
 def tiny_spec(backbone: str = "mobilenet") -> TrainingSpec:
-    return TrainingSpec.model_validate({
-        "backbone": backbone,
-        "alpha": 0.25 if backbone == "mobilenet" else None,
-        "weights": "none",
-        "image_size": 32,
-        "batch_size": 4,
-        "head": {"units": 8},
-        "warmup": {"epochs": 1},
-        "finetune": {"epochs": 1},
-    })
+    return TrainingSpec.model_validate(
+        {
+            "backbone": backbone,
+            "alpha": 0.25 if backbone == "mobilenet" else None,
+            "weights": "none",
+            "image_size": 32,
+            "batch_size": 4,
+            "head": {"units": 8},
+            "warmup": {"epochs": 1},
+            "finetune": {"epochs": 1},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,14 @@ def test_ceilings_are_positive():
     from bench.ceilings import measure_ceilings
 
     ceilings = measure_ceilings(tiny_spec(), classes=3, calls=2, max_seconds=1.0)
-    for name in ("forward_ips", "phase1_step_ips", "phase2_step_ips", "forward_b8_ips", "forward_b32_ips",
-                 "latency_b1_ms"):
+    for name in (
+        "forward_ips",
+        "phase1_step_ips",
+        "phase2_step_ips",
+        "forward_b8_ips",
+        "forward_b32_ips",
+        "latency_b1_ms",
+    ):
         assert getattr(ceilings, name) > 0, name
 
 
@@ -72,8 +80,15 @@ def test_seed_recipe_holds_out_the_projects_validation_images(tiny_dataset):
 
 
 def test_report_renders_with_missing_sections():
-    meta = {"cpu": "cpu", "cores": 2, "command": "python -m bench.run", "model": "m", "dataset": "d",
-            "started": "now", "versions": {"python": "3", "tensorflow": "2", "keras": "3", "tf_keras": "2"}}
+    meta = {
+        "cpu": "cpu",
+        "cores": 2,
+        "command": "python -m bench.run",
+        "model": "m",
+        "dataset": "d",
+        "started": "now",
+        "versions": {"python": "3", "tensorflow": "2", "keras": "3", "tf_keras": "2"},
+    }
     text = render({"meta": meta, "errors": {"serving": "RuntimeError: no API"}})
     assert "not measured" in text
     assert "RuntimeError: no API" in text
@@ -86,8 +101,11 @@ def test_raw_predictor_measures_both_thread_set_ups_in_a_child(tmp_path):
     from tests.finetune.conftest import FakeResult, colour_classifier
     from tests.finetune.conftest import tiny_spec as tiny_training_spec
 
-    result = FakeResult(model=colour_classifier(), spec=tiny_training_spec(backbone="vgg16", alpha=None),
-                        classes=["blue", "green", "red"])
+    result = FakeResult(
+        model=colour_classifier(),
+        spec=tiny_training_spec(backbone="vgg16", alpha=None),
+        classes=["blue", "green", "red"],
+    )
     manifest = ModelStore(tmp_path).save(result)
     for threads, streams in ((0, 1), (1, 2)):
         figures = measure_in_child(tmp_path, manifest["id"], threads=threads, streams=streams)

@@ -97,7 +97,9 @@ def test_dashboard_end_to_end(live_service, browser, tmp_path):
     # the browser logs each refused request; a 401 answered by the key dialog is expected when keys are on
     page.on(
         "console",
-        lambda msg: console_errors.append(msg.text) if msg.type == "error" and "status of 401" not in msg.text else None,
+        lambda msg: (
+            console_errors.append(msg.text) if msg.type == "error" and "status of 401" not in msg.text else None
+        ),
     )
     page.on("load", lambda p: loads.append(p.url))
 

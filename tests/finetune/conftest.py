@@ -41,10 +41,19 @@ class FakeResult:
     classes: list[str]
     metrics: dict = field(default_factory=lambda: {"accuracy": 0.75})
     warmup_metrics: dict | None = field(default_factory=lambda: {"accuracy": 0.5})
-    history: list[dict] = field(default_factory=lambda: [
-        {"phase": "warmup", "epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.5,
-         "seconds": 0.1},
-    ])
+    history: list[dict] = field(
+        default_factory=lambda: [
+            {
+                "phase": "warmup",
+                "epoch": 1,
+                "loss": 1.0,
+                "accuracy": 0.5,
+                "val_loss": 1.1,
+                "val_accuracy": 0.5,
+                "seconds": 0.1,
+            },
+        ]
+    )
     timings: dict = field(default_factory=lambda: {"load_s": 0.1, "warmup_s": 0.2, "finetune_s": 0.0})
     skipped: list = field(default_factory=list)
     num_train: int = 12
@@ -57,9 +66,17 @@ TINY_SIZE = 32
 def tiny_spec(**overrides):
     from finetune.ml.spec import TrainingSpec
 
-    values = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": TINY_SIZE,
-              "batch_size": 4, "head": {"units": 8, "dropout": 0.0}, "augmentation": None,
-              "warmup": {"epochs": 1}, "finetune": None}
+    values = {
+        "backbone": "mobilenet",
+        "alpha": 0.25,
+        "weights": "none",
+        "image_size": TINY_SIZE,
+        "batch_size": 4,
+        "head": {"units": 8, "dropout": 0.0},
+        "augmentation": None,
+        "warmup": {"epochs": 1},
+        "finetune": None,
+    }
     values.update(overrides)
     return TrainingSpec.model_validate(values)
 
@@ -98,5 +115,9 @@ def factories():
     """This file's builders, for module- or session-scoped fixtures in the test files."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(FakeResult=FakeResult, colour_classifier=colour_classifier, tiny_spec=tiny_spec,
-                           make_dataset_dir=build_dataset_dir)
+    return SimpleNamespace(
+        FakeResult=FakeResult,
+        colour_classifier=colour_classifier,
+        tiny_spec=tiny_spec,
+        make_dataset_dir=build_dataset_dir,
+    )

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finetune.stores import archive as archive_module
-from finetune.stores.archive import ArchiveLimits, detect_format, unpack_archive
 from finetune.errors import BadArchive, TooLarge
 from finetune.settings import Settings
+from finetune.stores import archive as archive_module
+from finetune.stores.archive import ArchiveLimits, detect_format, unpack_archive
 from tests.helpers import make_image_bytes
 
 RED_PNG = make_image_bytes("red", 8)
@@ -155,9 +155,7 @@ def refuse(scene: Scene, archive_path: Path, error=BadArchive, match: str | None
 
 
 def test_limits_come_from_settings():
-    limits = ArchiveLimits.from_settings(
-        Settings(archive_max_bytes=123, archive_max_files=4, archive_max_ratio=5.5)
-    )
+    limits = ArchiveLimits.from_settings(Settings(archive_max_bytes=123, archive_max_files=4, archive_max_ratio=5.5))
     assert limits == ArchiveLimits(max_bytes=123, max_files=4, max_ratio=5.5)
 
 

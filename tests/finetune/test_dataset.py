@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from finetune.ml.scan import Skipped, scan_dataset, stratified_split
 from finetune.errors import BadDataset
+from finetune.ml.scan import Skipped, scan_dataset, stratified_split
 from tests.helpers import make_image, make_image_bytes
 
 
@@ -168,8 +168,13 @@ def test_an_empty_class_folder_is_refused(make_dataset_dir, tmp_path):
 def test_without_moves_files_to_skipped_and_keeps_labels_aligned(make_dataset_dir, tmp_path):
     scan = scan_dataset(make_dataset_dir(tmp_path / "d", per_class=3))
     smaller = scan.without({"blue/blue_001.png": "broken"})
-    assert smaller.files == ["blue/blue_000.png", "blue/blue_002.png", "red/red_000.png", "red/red_001.png",
-                             "red/red_002.png"]
+    assert smaller.files == [
+        "blue/blue_000.png",
+        "blue/blue_002.png",
+        "red/red_000.png",
+        "red/red_001.png",
+        "red/red_002.png",
+    ]
     assert smaller.labels == [0, 0, 1, 1, 1]
     assert Skipped("blue/blue_001.png", "broken") in smaller.skipped
     with pytest.raises(BadDataset, match="blue"):

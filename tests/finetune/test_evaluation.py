@@ -127,8 +127,7 @@ def test_format_report_lists_each_class_and_the_averages(metrics):
     text = format_report(metrics, CLASSES)
     lines = text.splitlines()
     assert "precision" in lines[0] and "recall" in lines[0] and "f1-score" in lines[0] and "support" in lines[0]
-    for name, numbers in [("cat", "0.67 0.50 0.57 4"), ("dog", "0.50 0.67 0.57 3"),
-                          ("panda", "0.67 0.67 0.67 3")]:
+    for name, numbers in [("cat", "0.67 0.50 0.57 4"), ("dog", "0.50 0.67 0.57 3"), ("panda", "0.67 0.67 0.67 3")]:
         row = next(line for line in lines if line.split() and line.split()[0] == name)
         assert " ".join(row.split()[1:]) == numbers
     accuracy = next(line for line in lines if line.strip().startswith("accuracy"))

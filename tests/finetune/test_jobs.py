@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.stores.jobs import INDEX_KEY, JobStore, eta_seconds, job_key, overall_progress
 from finetune.launcher import free_port
 from finetune.ml.spec import JobSpec
+from finetune.stores.jobs import INDEX_KEY, JobStore, eta_seconds, job_key, overall_progress
 
 # The session's Redis is shared with the integration tests (database 0); these tests keep to a
 # database of their own, so clearing it between tests touches only keys they wrote.
@@ -35,8 +35,16 @@ def jobs(redis_server):
 
 
 def spec(dataset_id: str = "ds1", **fields) -> JobSpec:
-    return JobSpec(dataset_id=dataset_id, backbone="mobilenet", alpha=0.25, weights="none", image_size=32,
-                   warmup={"epochs": 2}, finetune=None, **fields)
+    return JobSpec(
+        dataset_id=dataset_id,
+        backbone="mobilenet",
+        alpha=0.25,
+        weights="none",
+        image_size=32,
+        warmup={"epochs": 2},
+        finetune=None,
+        **fields,
+    )
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ def test_a_cancel_racing_a_start_has_exactly_one_winner(jobs):
         outcome = {}
         barrier = threading.Barrier(2)
 
-        def start():
+        def start(job_id=job_id, outcome=outcome, barrier=barrier):
             barrier.wait()
             try:
                 jobs.update(job_id, {"status": "running"}, allowed_from=frozenset({"queued"}))
@@ -154,7 +162,7 @@ def test_a_cancel_racing_a_start_has_exactly_one_winner(jobs):
             except Conflict:
                 outcome["start"] = "lost"
 
-        def cancel():
+        def cancel(job_id=job_id, outcome=outcome, barrier=barrier):
             barrier.wait()
             outcome["cancel"] = jobs.request_cancel(job_id)["status"]
 
@@ -201,8 +209,12 @@ def test_an_unreachable_redis_is_broker_unavailable():
         store.create(spec())
     assert caught.value.status_code == 503
     assert "Redis" in caught.value.message
-    for call in (lambda: store.get("abc"), lambda: store.list(), lambda: store.update("abc", {}),
-                 lambda: store.request_cancel("abc")):
+    for call in (
+        lambda: store.get("abc"),
+        lambda: store.list(),
+        lambda: store.update("abc", {}),
+        lambda: store.request_cancel("abc"),
+    ):
         with pytest.raises(BrokerUnavailable):
             call()
 
@@ -254,7 +266,7 @@ def test_overall_progress_from_a_real_spec_dump():
 
 
 def test_eta_is_elapsed_times_remaining_over_done():
-    started = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    started = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
     now = (started + timedelta(seconds=10)).timestamp()
     assert eta_seconds(started.isoformat(), 0.25, now=now) == pytest.approx(30.0)
     assert eta_seconds(started.isoformat(), 0.5, now=now) == pytest.approx(10.0)
@@ -263,9 +275,9 @@ def test_eta_is_elapsed_times_remaining_over_done():
 
 def test_eta_is_unknown_before_start_or_progress():
     assert eta_seconds(None, 0.5) is None
-    assert eta_seconds(datetime.now(timezone.utc).isoformat(), 0.0) is None
+    assert eta_seconds(datetime.now(UTC).isoformat(), 0.0) is None
 
 
 def test_eta_is_never_negative():
-    started = datetime.now(timezone.utc) + timedelta(seconds=60)  # a clock skewed into the future
+    started = datetime.now(UTC) + timedelta(seconds=60)  # a clock skewed into the future
     assert eta_seconds(started.isoformat(), 0.5) == 0.0

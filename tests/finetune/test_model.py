@@ -9,8 +9,7 @@ import pytest
 from finetune.ml.network import build_head, build_model, compile_for, make_optimizer, unfreeze_from
 from finetune.ml.spec import HeadSpec, PhaseSpec, TrainingSpec
 
-SPEC = TrainingSpec(backbone="mobilenet", alpha=0.25, weights="none", image_size=32,
-                    head={"units": 16, "dropout": 0.3})
+SPEC = TrainingSpec(backbone="mobilenet", alpha=0.25, weights="none", image_size=32, head={"units": 16, "dropout": 0.3})
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +96,9 @@ def test_unfreeze_from_again_refreezes_the_earlier_layers():
     unfreeze_from(backbone, 10)
     unfreeze_from(backbone, 80)
     assert [layer.trainable for layer in backbone.layers[:80]] == [False] * 80
-    assert all(layer.trainable for layer in backbone.layers[80:]
-               if not isinstance(layer, keras.layers.BatchNormalization))
+    assert all(
+        layer.trainable for layer in backbone.layers[80:] if not isinstance(layer, keras.layers.BatchNormalization)
+    )
 
 
 def snapshot(weights) -> list[np.ndarray]:

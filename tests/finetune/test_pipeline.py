@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from finetune.ml.scan import scan_dataset
 from finetune.ml.backbones import BACKBONES, get_backbone
 from finetune.ml.pipeline import RandomAffine, bilinear_resample, decode_dataset, make_dataset
+from finetune.ml.scan import scan_dataset
 from finetune.ml.spec import AugmentationSpec
 from tests.helpers import make_image
 
@@ -182,8 +182,9 @@ def test_make_dataset_applies_mobilenet_preprocessing():
 def test_make_dataset_with_augmentation_keeps_shapes_and_labels():
     pixels, labels = coloured_set(6, size=16)
     tf.random.set_seed(0)
-    data = make_dataset(pixels, labels, batch_size=4, preprocess=identity,
-                        augmentation=AugmentationSpec(), shuffle_seed=0)
+    data = make_dataset(
+        pixels, labels, batch_size=4, preprocess=identity, augmentation=AugmentationSpec(), shuffle_seed=0
+    )
     for images, batch_labels in data.as_numpy_iterator():
         assert images.shape[1:] == (16, 16, 3)
         for image, label in zip(images, batch_labels):
@@ -264,8 +265,13 @@ def test_bilinear_resample_matches_tensorflows_projective_transform(shape):
     compiled = tf.function(bilinear_resample, jit_compile=True)
     for transforms in (drawn, projective):
         expected = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="NEAREST")
+            images=images,
+            transforms=transforms,
+            output_shape=shape[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )
         np.testing.assert_allclose(compiled(images, transforms).numpy(), expected.numpy(), atol=0.01)
 
 

@@ -15,9 +15,9 @@ from PIL import Image
 
 import finetune.serving.batcher as batching
 import finetune.serving.cache as cache_module
-from finetune.serving.batcher import MicroBatcher
 from finetune.errors import BadImage, NotAnImage, NotFound
 from finetune.ml.predictor import WARM_BATCH_SIZES, ImageInput, Predictor
+from finetune.serving.batcher import MicroBatcher
 from finetune.serving.cache import BatchingOptions, PredictorCache
 from finetune.stores.models import ModelStore
 from tests.helpers import make_image_bytes
@@ -39,8 +39,11 @@ def colour_input(colour: str, size: int = 40, seed: int = 0, fmt: str = "PNG") -
 def saved_model(tmp_path_factory, factories):
     """A store holding one model that tells blue, green and red apart (see conftest.colour_classifier)."""
     store = ModelStore(tmp_path_factory.mktemp("models"))
-    result = factories.FakeResult(model=factories.colour_classifier(),
-                                  spec=factories.tiny_spec(backbone="vgg16", alpha=None), classes=list(CLASSES))
+    result = factories.FakeResult(
+        model=factories.colour_classifier(),
+        spec=factories.tiny_spec(backbone="vgg16", alpha=None),
+        classes=list(CLASSES),
+    )
     manifest = store.save(result)
     return store, manifest
 
@@ -110,8 +113,9 @@ def test_an_image_gives_the_same_probabilities_alone_or_in_a_batch(predictor):
 
 
 def test_predict_pixels_handles_more_than_max_batch(predictor):
-    pixels = np.stack([predictor.load_pixels(colour_input(c, seed=i), max_pixels=10**7)
-                       for i, c in enumerate(CLASSES * 7)])  # 21 images, max_batch 8
+    pixels = np.stack(
+        [predictor.load_pixels(colour_input(c, seed=i), max_pixels=10**7) for i, c in enumerate(CLASSES * 7)]
+    )  # 21 images, max_batch 8
     probabilities = predictor.predict_pixels(pixels)
     assert probabilities.shape == (21, 3)
     assert [CLASSES[i] for i in probabilities.argmax(axis=1)] == CLASSES * 7
@@ -188,8 +192,11 @@ def three_models(tmp_path, factories):
     store = ModelStore(tmp_path / "models")
     ids = []
     for _ in range(3):
-        result = factories.FakeResult(model=factories.colour_classifier(),
-                                      spec=factories.tiny_spec(backbone="vgg16", alpha=None), classes=list(CLASSES))
+        result = factories.FakeResult(
+            model=factories.colour_classifier(),
+            spec=factories.tiny_spec(backbone="vgg16", alpha=None),
+            classes=list(CLASSES),
+        )
         ids.append(store.save(result)["id"])
     return store, ids
 
@@ -276,8 +283,9 @@ def test_cache_evict_forgets_a_model(three_models, load_counter):
 def test_fresh_answers_from_memory_only_within_revalidate_s(three_models, monkeypatch):
     store, (a, b, _) = three_models
     clock = [1000.0]
-    cache = PredictorCache(store, size=2, batching=BatchingOptions(max_batch=1), revalidate_s=1.0,
-                           clock=lambda: clock[0])
+    cache = PredictorCache(
+        store, size=2, batching=BatchingOptions(max_batch=1), revalidate_s=1.0, clock=lambda: clock[0]
+    )
     assert cache.fresh(a) is None  # never confirmed by the store
     loaded = cache.get(a)
     reads = []
@@ -336,8 +344,7 @@ def test_concurrent_requests_share_one_forward_pass():
     batcher = MicroBatcher(echo.predict_pixels, max_batch=32, max_wait_s=0.2)
 
     async def main():
-        return await asyncio.gather(*(batcher.predict(tagged(*range(10 * i, 10 * i + 1 + i % 3)))
-                                      for i in range(8)))
+        return await asyncio.gather(*(batcher.predict(tagged(*range(10 * i, 10 * i + 1 + i % 3))) for i in range(8)))
 
     results = asyncio.run(main())
     assert len(echo.calls) < 8
@@ -469,10 +476,17 @@ def test_loading_and_warming_a_predictor_writes_no_file_to_tmpdir(saved_model, t
     store, manifest = saved_model
     spool = tmp_path / "spool"
     spool.mkdir()
-    script = ("import sys\nfrom pathlib import Path\nfrom finetune.ml.predictor import Predictor\nimport json\n"
-              f"p = Predictor(Path({str(store.model_file(manifest['id']))!r}), json.loads({json.dumps(json.dumps(manifest))}))\n"
-              "p.warm_up()\nimport os\nprint(sorted(os.listdir(os.environ['TMPDIR'])))\nos._exit(0)\n")
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                               env={**os.environ, "TMPDIR": str(spool)})
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom finetune.ml.predictor import Predictor\nimport json\n"
+        f"p = Predictor(Path({str(store.model_file(manifest['id']))!r}), json.loads({json.dumps(json.dumps(manifest))}))\n"
+        "p.warm_up()\nimport os\nprint(sorted(os.listdir(os.environ['TMPDIR'])))\nos._exit(0)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(spool)},
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().splitlines()[-1] == "[]"

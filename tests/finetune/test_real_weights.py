@@ -24,8 +24,10 @@ ANIMALS = SHARED / "datasets" / "animals-mini"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (WEIGHTS.is_file() and ANIMALS.is_dir()),
-                       reason=f"needs {WEIGHTS} and {ANIMALS} (../shared beside the repository)"),
+    pytest.mark.skipif(
+        not (WEIGHTS.is_file() and ANIMALS.is_dir()),
+        reason=f"needs {WEIGHTS} and {ANIMALS} (../shared beside the repository)",
+    ),
 ]
 
 CHILD = r"""
@@ -52,8 +54,13 @@ def test_pretrained_mobilenet_learns_animals_mini(tmp_path):
     (keras_home / "models").mkdir(parents=True)
     shutil.copy(WEIGHTS, keras_home / "models" / WEIGHTS.name)
     spec = {
-        "backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet", "image_size": 224, "batch_size": 32,
-        "warmup": {"epochs": 5}, "finetune": {"epochs": 5},
+        "backbone": "mobilenet",
+        "alpha": 0.25,
+        "weights": "imagenet",
+        "image_size": 224,
+        "batch_size": 32,
+        "warmup": {"epochs": 5},
+        "finetune": {"epochs": 5},
     }
     env = {
         **os.environ,
@@ -63,11 +70,15 @@ def test_pretrained_mobilenet_learns_animals_mini(tmp_path):
     }
     completed = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(spec), str(ANIMALS)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert completed.returncode == 0 and lines, completed.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
 
     assert result["classes"] == ["cats", "dogs", "panda"]
     assert result["num_validation"] == 45  # 15 of each class's 60

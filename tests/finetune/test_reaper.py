@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from finetune.stores.jobs import JobStore
 from finetune.execution.reaper import Reaper, requeue_stale_jobs
-from finetune.settings import Settings
 from finetune.ml.spec import JobSpec
+from finetune.settings import Settings
+from finetune.stores.jobs import JobStore
 
 OWN_DB = 12
 
@@ -23,8 +23,9 @@ def jobs(redis_server):
 
 
 def running_job(jobs: JobStore, *, heartbeat_age_s: float | None) -> str:
-    record = jobs.create(JobSpec(dataset_id="ds", backbone="mobilenet", alpha=0.25, weights="none",
-                                 image_size=32, finetune=None))
+    record = jobs.create(
+        JobSpec(dataset_id="ds", backbone="mobilenet", alpha=0.25, weights="none", image_size=32, finetune=None)
+    )
     jobs.update(record["id"], {"status": "running", "worker": "w1"})
     if heartbeat_age_s is not None:
         jobs.redis.hset(f"finetune:job:{record['id']}", "heartbeat", time.time() - heartbeat_age_s)

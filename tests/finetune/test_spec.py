@@ -43,7 +43,11 @@ def test_default_augmentation_is_the_seeds_image_data_generator():
         rotation=30, width_shift=0.1, height_shift=0.1, shear=0.2, zoom=0.2, horizontal_flip=True
     )
     assert augmentation.model_dump() == {
-        "rotation": 30.0, "width_shift": 0.1, "height_shift": 0.1, "shear": 0.2, "zoom": 0.2,
+        "rotation": 30.0,
+        "width_shift": 0.1,
+        "height_shift": 0.1,
+        "shear": 0.2,
+        "zoom": 0.2,
         "horizontal_flip": True,
     }
 

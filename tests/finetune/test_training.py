@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import finetune.ml.training.recipe as training
-from finetune.ml.checkpoint import STATE_FILE, Checkpointer, TrainingState
 from finetune.errors import JobCancelled
+from finetune.ml.checkpoint import STATE_FILE, Checkpointer, TrainingState
 from finetune.ml.pipeline import decode_dataset, make_dataset
 from finetune.ml.spec import TrainingSpec
 from finetune.ml.training.recipe import ProgressEvent, TrainResult, train
@@ -21,8 +21,16 @@ HISTORY_KEYS = {"phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"
 
 def tiny(**overrides) -> TrainingSpec:
     """MobileNet alpha 0.25 with random weights at 32 px, batch 8, one epoch per phase."""
-    values = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32, "batch_size": 8,
-              "head": {"units": 16}, "warmup": {"epochs": 1}, "finetune": {"epochs": 1}}
+    values = {
+        "backbone": "mobilenet",
+        "alpha": 0.25,
+        "weights": "none",
+        "image_size": 32,
+        "batch_size": 8,
+        "head": {"units": 16},
+        "warmup": {"epochs": 1},
+        "finetune": {"epochs": 1},
+    }
     values.update(overrides)
     return TrainingSpec.model_validate(values)
 
@@ -143,8 +151,9 @@ def test_after_training_only_the_layers_from_the_unfreeze_index_are_trainable(tw
     index = result.spec.unfreeze_index
     assert backbone.layers[index].name == "conv_dw_13"
     assert [layer.trainable for layer in backbone.layers[:index]] == [False] * index
-    assert all(layer.trainable for layer in backbone.layers[index:]
-               if not isinstance(layer, keras.layers.BatchNormalization))
+    assert all(
+        layer.trainable for layer in backbone.layers[index:] if not isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert_unfrozen_from(backbone, index)
 
 
@@ -197,9 +206,15 @@ def test_no_augmentation_trains_the_head_on_cached_features(dataset, monkeypatch
 def test_no_augmentation_learns_the_colours(dataset):
     """A random-weight VGG16 (no BatchNorm, so its features do not vanish) still separates red from
     blue once the head trains on the cached features: images and labels reach the model together."""
-    spec = tiny(backbone="vgg16", alpha=None, augmentation=None, finetune=None, seed=0,
-                warmup={"epochs": 30, "optimizer": "adam", "learning_rate": 0.001},
-                head={"units": 16, "dropout": 0.0})
+    spec = tiny(
+        backbone="vgg16",
+        alpha=None,
+        augmentation=None,
+        finetune=None,
+        seed=0,
+        warmup={"epochs": 30, "optimizer": "adam", "learning_rate": 0.001},
+        head={"units": 16, "dropout": 0.0},
+    )
     result = train(spec, dataset_dir=dataset)
     assert result.history[-1]["accuracy"] >= 0.9
     assert result.metrics["accuracy"] >= 0.75
@@ -266,14 +281,14 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(dataset, tmp_path):
     # second attempt: the warmup is not run again; cancelled in the finetune's second epoch
     events = []
     with pytest.raises(JobCancelled):
-        train(spec, dataset_dir=dataset, should_cancel=CancelAfter(3), checkpoint_dir=checkpoints,
-              progress=events.append)
+        train(
+            spec, dataset_dir=dataset, should_cancel=CancelAfter(3), checkpoint_dir=checkpoints, progress=events.append
+        )
     assert not any(e.phase == "warmup" and e.batch > 0 for e in events)
     state = read_state(checkpoints)
     assert (state["phase"], state["epoch"], state["trainee"]) == ("finetune", 1, "model")
     assert state["history"][:2] == warmup_rows
-    assert [(row["phase"], row["epoch"]) for row in state["history"]] == [
-        ("warmup", 1), ("warmup", 2), ("finetune", 1)]
+    assert [(row["phase"], row["epoch"]) for row in state["history"]] == [("warmup", 1), ("warmup", 2), ("finetune", 1)]
     assert state["warmup_metrics"] is not None
     assert sorted(p.name for p in checkpoints.glob("trainee-*.keras")) == ["trainee-finetune-1.keras"]
 
@@ -281,7 +296,11 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(dataset, tmp_path):
     events = []
     result = train(spec, dataset_dir=dataset, checkpoint_dir=checkpoints, progress=events.append)
     assert [(row["phase"], row["epoch"]) for row in result.history] == [
-        ("warmup", 1), ("warmup", 2), ("finetune", 1), ("finetune", 2)]
+        ("warmup", 1),
+        ("warmup", 2),
+        ("finetune", 1),
+        ("finetune", 2),
+    ]
     assert result.history[:3] == state["history"]
     assert result.warmup_metrics == state["warmup_metrics"]
     finetune_batches = [(e.epoch, e.batch) for e in events if e.phase == "finetune" and e.batch and not e.metrics]

@@ -17,5 +17,10 @@ def client(live_service):
 @pytest.fixture(scope="module")
 def baseline(client, live_service, tiny_dataset_zip):
     """A dataset and a model made before the module's tests, to check afterwards that they are untouched."""
-    return make_baseline(client, tiny_dataset_zip, data_dir=live_service.data_dir, model_dir=live_service.model_dir,
-                         diagnostics=lambda: live_service.worker.log_tail(60))
+    return make_baseline(
+        client,
+        tiny_dataset_zip,
+        data_dir=live_service.data_dir,
+        model_dir=live_service.model_dir,
+        diagnostics=lambda: live_service.worker.log_tail(60),
+    )

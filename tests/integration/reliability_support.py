@@ -7,9 +7,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -21,21 +21,34 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 JOB_TIMEOUT_S = 420.0  # a tiny job on a busy 2-core CPU, TensorFlow start-up included
 
 
-def tiny_spec(dataset_id: str, *, warmup: int = 1, finetune: int | None = None, image_size: int = 32,
-              **overrides) -> dict:
+def tiny_spec(
+    dataset_id: str, *, warmup: int = 1, finetune: int | None = None, image_size: int = 32, **overrides
+) -> dict:
     """A MobileNet-0.25 job on random weights: seconds per epoch on a CPU."""
     spec = {
-        "dataset_id": dataset_id, "backbone": "mobilenet", "alpha": 0.25, "weights": "none",
-        "image_size": image_size, "batch_size": 4, "head": {"units": 8, "dropout": 0.0},
-        "augmentation": None, "warmup": {"epochs": warmup},
+        "dataset_id": dataset_id,
+        "backbone": "mobilenet",
+        "alpha": 0.25,
+        "weights": "none",
+        "image_size": image_size,
+        "batch_size": 4,
+        "head": {"units": 8, "dropout": 0.0},
+        "augmentation": None,
+        "warmup": {"epochs": warmup},
         "finetune": None if finetune is None else {"epochs": finetune, "unfreeze_from": 50},
     }
     spec.update(overrides)
     return spec
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.2, what: str = "condition",
-             diagnostics: Callable[[], str] | None = None):
+def wait_for(
+    predicate: Callable[[], object],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "condition",
+    diagnostics: Callable[[], str] | None = None,
+):
     """Poll `predicate` until it returns something truthy; that value is returned."""
     deadline = time.monotonic() + timeout
     while True:
@@ -54,9 +67,15 @@ def get_job(client: httpx.Client, job_id: str) -> dict:
     return response.json()
 
 
-def wait_for_job(client: httpx.Client, job_id: str, until: Callable[[dict], bool] | None = None, *,
-                 timeout: float = JOB_TIMEOUT_S, interval: float = 0.1,
-                 diagnostics: Callable[[], str] | None = None) -> dict:
+def wait_for_job(
+    client: httpx.Client,
+    job_id: str,
+    until: Callable[[dict], bool] | None = None,
+    *,
+    timeout: float = JOB_TIMEOUT_S,
+    interval: float = 0.1,
+    diagnostics: Callable[[], str] | None = None,
+) -> dict:
     """Poll GET /jobs/{id} until `until(job)` (default: a final status); returns that job."""
     until = until or (lambda job: job["status"] in FINAL)
     last: dict = {}
@@ -66,8 +85,10 @@ def wait_for_job(client: httpx.Client, job_id: str, until: Callable[[dict], bool
         return dict(last) if until(last) else None
 
     def describe() -> str:
-        text = f"last seen: status={last.get('status')} phase={last.get('phase')} attempts={last.get('attempts')} " \
-               f"error={last.get('error')}"
+        text = (
+            f"last seen: status={last.get('status')} phase={last.get('phase')} attempts={last.get('attempts')} "
+            f"error={last.get('error')}"
+        )
         return text + (f"\n{diagnostics()}" if diagnostics else "")
 
     return wait_for(check, timeout=timeout, interval=interval, what=f"job {job_id}", diagnostics=describe)
@@ -118,8 +139,12 @@ def probe_images() -> list[tuple[str, bytes]]:
 
 
 def predict(client: httpx.Client, model_id: str, images: list[tuple[str, bytes]], **headers) -> dict:
-    response = client.post("/predict", data={"model_id": model_id, "top_k": "2"},
-                           files=[("file", (name, data, "image/png")) for name, data in images], headers=headers)
+    response = client.post(
+        "/predict",
+        data={"model_id": model_id, "top_k": "2"},
+        files=[("file", (name, data, "image/png")) for name, data in images],
+        headers=headers,
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -139,8 +164,14 @@ class Baseline:
     images: list[tuple[str, bytes]] = field(default_factory=probe_images)
 
 
-def make_baseline(client: httpx.Client, archive: Path, *, data_dir: Path, model_dir: Path,
-                  diagnostics: Callable[[], str] | None = None) -> Baseline:
+def make_baseline(
+    client: httpx.Client,
+    archive: Path,
+    *,
+    data_dir: Path,
+    model_dir: Path,
+    diagnostics: Callable[[], str] | None = None,
+) -> Baseline:
     response = upload_archive(client, "baseline.zip", Path(archive).read_bytes())
     assert response.status_code == 201, response.text
     dataset = response.json()
@@ -149,8 +180,15 @@ def make_baseline(client: httpx.Client, archive: Path, *, data_dir: Path, model_
     assert job["status"] == "succeeded", job
     model = client.get(f"/models/{job['model_id']}").json()
     images = probe_images()
-    baseline = Baseline(dataset=dataset, job=job, model=model, predictions=predict(client, model["id"], images),
-                        data_dir=Path(data_dir), model_dir=Path(model_dir), images=images)
+    baseline = Baseline(
+        dataset=dataset,
+        job=job,
+        model=model,
+        predictions=predict(client, model["id"], images),
+        data_dir=Path(data_dir),
+        model_dir=Path(model_dir),
+        images=images,
+    )
     baseline.dataset_files = snapshot(baseline.data_dir / dataset["id"])
     baseline.model_files = snapshot(baseline.model_dir / model["id"])
     return baseline
@@ -167,7 +205,10 @@ def assert_baseline_intact(client: httpx.Client, baseline: Baseline, **headers) 
     assert client.get(f"/models/{baseline.model['id']}", headers=headers).json() == baseline.model
     job = client.get(f"/jobs/{baseline.job['id']}", headers=headers).json()
     assert (job["status"], job["model_id"], job["history"]) == (
-        "succeeded", baseline.model["id"], baseline.job["history"])
+        "succeeded",
+        baseline.model["id"],
+        baseline.job["history"],
+    )
     assert snapshot(baseline.data_dir / baseline.dataset["id"]) == baseline.dataset_files
     assert snapshot(baseline.model_dir / baseline.model["id"]) == baseline.model_files
     again = predict(client, baseline.model["id"], baseline.images, **headers)
@@ -189,9 +230,15 @@ def clean_env(root: Path, redis_url: str) -> dict[str, str]:
     """Like the session's `service_env`, for a private stack under `root`."""
     env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
     env.update(
-        REDIS_URL=redis_url, MODEL_DIR=str(root / "models"), DATA_DIR=str(root / "data"),
-        CACHE_DIR=str(root / "cache"), KERAS_HOME=str(root / "keras"), CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2", JOB_STALE_AFTER_S="10", HEARTBEAT_S="1",
+        REDIS_URL=redis_url,
+        MODEL_DIR=str(root / "models"),
+        DATA_DIR=str(root / "data"),
+        CACHE_DIR=str(root / "cache"),
+        KERAS_HOME=str(root / "keras"),
+        CUDA_VISIBLE_DEVICES="",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JOB_STALE_AFTER_S="10",
+        HEARTBEAT_S="1",
     )
     for key in ("MODEL_DIR", "DATA_DIR", "CACHE_DIR", "KERAS_HOME"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
@@ -226,14 +273,18 @@ class Stack:
             self.redis = None
 
     def start_api(self, **env_overrides) -> ManagedProcess:
-        self.api = start_api(env=child_env(self.env, **env_overrides), port=self.port,
-                             log_path=self.root / "logs" / f"api-{len(self.apis)}.log")
+        self.api = start_api(
+            env=child_env(self.env, **env_overrides),
+            port=self.port,
+            log_path=self.root / "logs" / f"api-{len(self.apis)}.log",
+        )
         self.apis.append(self.api)
         return self.api
 
     def start_worker(self, **env_overrides) -> ManagedProcess:
-        worker = start_worker(env=child_env(self.env, **env_overrides),
-                              log_path=self.root / "logs" / f"worker-{len(self.workers)}.log")
+        worker = start_worker(
+            env=child_env(self.env, **env_overrides), log_path=self.root / "logs" / f"worker-{len(self.workers)}.log"
+        )
         self.workers.append(worker)
         return worker
 

@@ -25,7 +25,11 @@ from PIL import Image
 
 from tests.helpers import make_dataset_zip, make_image, make_image_bytes
 from tests.integration.reliability_support import (
-    assert_baseline_intact, snapshot, tiny_spec, tree_diff, upload_archive,
+    assert_baseline_intact,
+    snapshot,
+    tiny_spec,
+    tree_diff,
+    upload_archive,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -137,8 +141,7 @@ def cmyk_jpeg() -> bytes:
 
 def sixteen_bit_png() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.linspace(0, 65535, 40 * 40).astype(np.uint16).reshape(40, 40)).save(
-        buffer, format="PNG")
+    Image.fromarray(np.linspace(0, 65535, 40 * 40).astype(np.uint16).reshape(40, 40)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -187,19 +190,46 @@ def refused_archives() -> list[tuple[str, str, bytes, int, str]]:
         ("zip-symlink", "a.zip", zip_with_symlink(), 400, "symbolic link"),
         ("tar-dotdot", "a.tar", tar_of({**good_files(), "red/../../escaped.png": png()}), 400, "outside"),
         ("tar-absolute", "a.tar", tar_of({**good_files(), absolute_target: png()}), 400, "absolute"),
-        ("tar-symlink", "a.tar", tar_of(good_files(), extra=[
-            tar_member("red/link.png", tarfile.SYMTYPE, linkname="/etc/passwd")]), 400, "symbolic link"),
-        ("tar-hardlink", "a.tar", tar_of(good_files(), extra=[
-            tar_member("red/hard.png", tarfile.LNKTYPE, linkname="red/red_0.png")]), 400, "hard link"),
-        ("tar-chardev", "a.tar", tar_of(good_files(), extra=[
-            tar_member("red/null.png", tarfile.CHRTYPE, devmajor=1, devminor=3)]), 400, "device"),
-        ("tar-blockdev", "a.tar", tar_of(good_files(), extra=[
-            tar_member("red/disk.png", tarfile.BLKTYPE, devmajor=8, devminor=0)]), 400, "device"),
-        ("tar-fifo", "a.tar", tar_of(good_files(), extra=[tar_member("red/pipe.png", tarfile.FIFOTYPE)]), 400,
-         "fifo"),
-        ("tgz-symlink", "a.tar.gz", tar_of(good_files(), extra=[
-            tar_member("blue/link.png", tarfile.SYMTYPE, linkname="../../../etc/shadow")], mode="w:gz"), 400,
-         "symbolic link"),
+        (
+            "tar-symlink",
+            "a.tar",
+            tar_of(good_files(), extra=[tar_member("red/link.png", tarfile.SYMTYPE, linkname="/etc/passwd")]),
+            400,
+            "symbolic link",
+        ),
+        (
+            "tar-hardlink",
+            "a.tar",
+            tar_of(good_files(), extra=[tar_member("red/hard.png", tarfile.LNKTYPE, linkname="red/red_0.png")]),
+            400,
+            "hard link",
+        ),
+        (
+            "tar-chardev",
+            "a.tar",
+            tar_of(good_files(), extra=[tar_member("red/null.png", tarfile.CHRTYPE, devmajor=1, devminor=3)]),
+            400,
+            "device",
+        ),
+        (
+            "tar-blockdev",
+            "a.tar",
+            tar_of(good_files(), extra=[tar_member("red/disk.png", tarfile.BLKTYPE, devmajor=8, devminor=0)]),
+            400,
+            "device",
+        ),
+        ("tar-fifo", "a.tar", tar_of(good_files(), extra=[tar_member("red/pipe.png", tarfile.FIFOTYPE)]), 400, "fifo"),
+        (
+            "tgz-symlink",
+            "a.tar.gz",
+            tar_of(
+                good_files(),
+                extra=[tar_member("blue/link.png", tarfile.SYMTYPE, linkname="../../../etc/shadow")],
+                mode="w:gz",
+            ),
+            400,
+            "symbolic link",
+        ),
         ("zip-bomb", "bomb.zip", zip_bomb(), 413, "compression bomb"),
         ("tgz-bomb", "bomb.tar.gz", tar_gz_bomb(), 413, "bytes"),
         ("png-named-zip", "photos.zip", png(), 400, "not a .zip"),
@@ -208,11 +238,23 @@ def refused_archives() -> list[tuple[str, str, bytes, int, str]]:
         ("zero-bytes", "empty.zip", b"", 400, "not a .zip"),
         ("empty-zip", "empty.zip", zip_of({}), 400, "empty"),
         ("empty-tar", "empty.tar", tar_of({}), 400, "empty"),
-        ("only-nested-archives", "n.zip", zip_of({"red/inner.zip": zip_of(good_files()),
-                                                  "blue/inner.tar": tar_of(good_files())}), 400, "empty"),
+        (
+            "only-nested-archives",
+            "n.zip",
+            zip_of({"red/inner.zip": zip_of(good_files()), "blue/inner.tar": tar_of(good_files())}),
+            400,
+            "empty",
+        ),
         ("top-level-images", "flat.zip", zip_of({"a.png": png(), "b.png": png("blue")}), 400, "top level"),
-        ("too-deep", "deep.zip", zip_of({f"train/{k}": v for k, v in good_files().items()}
-                                        | {f"val/{k}": v for k, v in good_files().items()}), 400, "too deep"),
+        (
+            "too-deep",
+            "deep.zip",
+            zip_of(
+                {f"train/{k}": v for k, v in good_files().items()} | {f"val/{k}": v for k, v in good_files().items()}
+            ),
+            400,
+            "too deep",
+        ),
         ("one-class", "one.zip", zip_of({f"red/{n}.png": png(seed=n) for n in range(4)}), 400, "2 classes"),
         ("truncated-zip", "cut.zip", zip_of(good_files())[:-200], 400, "corrupt"),
         ("duplicate-entry", "dup.zip", _duplicate_zip(), 400, "more than once"),
@@ -279,10 +321,13 @@ def test_mac_and_windows_litter_is_ignored_and_nested_archives_are_left_out(clie
         assert dataset["classes"] == ["blue", "red"]
         assert dataset["counts"] == {"blue": 3, "red": 3}
         assert dataset["skipped"] == []
-        on_disk = sorted(p.relative_to(live_service.data_dir / dataset["id"]).as_posix()
-                         for p in (live_service.data_dir / dataset["id"]).rglob("*"))
-        assert on_disk == sorted(["dataset.json", "images", "images/blue", "images/red",
-                                  *(f"images/{name}" for name in good_files())])
+        on_disk = sorted(
+            p.relative_to(live_service.data_dir / dataset["id"]).as_posix()
+            for p in (live_service.data_dir / dataset["id"]).rglob("*")
+        )
+        assert on_disk == sorted(
+            ["dataset.json", "images", "images/blue", "images/red", *(f"images/{name}" for name in good_files())]
+        )
     finally:
         assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
 
@@ -369,8 +414,12 @@ def test_predict_refuses_a_bad_image_naming_it(client, baseline, untouched, name
 
 
 UNUSUAL_BUT_FINE = [
-    ("animated.gif", animated_gif()), ("deep.png", sixteen_bit_png()), ("cmyk.jpg", cmyk_jpeg()),
-    ("rotated.jpg", exif_rotated_jpeg()), ("tiny.png", png(size=2)), ("large.jpg", large_jpeg()),
+    ("animated.gif", animated_gif()),
+    ("deep.png", sixteen_bit_png()),
+    ("cmyk.jpg", cmyk_jpeg()),
+    ("rotated.jpg", exif_rotated_jpeg()),
+    ("tiny.png", png(size=2)),
+    ("large.jpg", large_jpeg()),
 ]
 
 
@@ -384,8 +433,9 @@ def test_predict_accepts_unusual_but_valid_images(client, baseline, untouched):
 
 
 def test_predict_refuses_an_image_over_max_image_pixels(tight_api, baseline, untouched):
-    response = tight_api.post("/predict", data={"model_id": baseline.model["id"]},
-                              files=[("file", ("large.jpg", large_jpeg(), "image/jpeg"))])
+    response = tight_api.post(
+        "/predict", data={"model_id": baseline.model["id"]}, files=[("file", ("large.jpg", large_jpeg(), "image/jpeg"))]
+    )
     assert response.status_code == 400, response.text
     assert "large.jpg" in response.json()["detail"] and "1000000" in response.json()["detail"]
 
@@ -436,18 +486,22 @@ def raw_exchange(port: int, head: str, chunks, *, timeout: float = 20.0) -> tupl
                 if not data:
                     break
                 answer += data
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
     return answer, sent
 
 
 def multipart_head(path: str, port: int, *, length: int | None) -> tuple[str, bytes]:
     boundary = "reliability-boundary"
-    preamble = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.zip\"\r\n"
-                f"Content-Type: application/zip\r\n\r\n").encode()
+    preamble = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
+        f"Content-Type: application/zip\r\n\r\n"
+    ).encode()
     framing = f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n"
+    )
     return head, preamble
 
 
@@ -477,8 +531,10 @@ def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(tight_api, live
 
 
 def test_a_real_body_over_the_limit_is_refused(tight_api, live_service, untouched):
-    data = zip_of({**good_files(), "red/noise.png": np.random.default_rng(0).bytes(2 * 1024 * 1024)},
-                  compression=zipfile.ZIP_STORED)
+    data = zip_of(
+        {**good_files(), "red/noise.png": np.random.default_rng(0).bytes(2 * 1024 * 1024)},
+        compression=zipfile.ZIP_STORED,
+    )
     response = upload_archive(tight_api, "big.zip", data)
     assert response.status_code == 413, response.text
     assert "1 MB" in response.json()["detail"]
@@ -537,12 +593,19 @@ def test_a_malformed_job_request_gets_422(client, untouched):
 
 
 UNKNOWN = [
-    ("GET", "/datasets/0123456789abcdef"), ("DELETE", "/datasets/0123456789abcdef"),
-    ("GET", "/datasets/0123456789abcdef/samples"), ("GET", "/datasets/0123456789abcdef/files/red/x.png"),
-    ("GET", "/jobs/0123456789abcdef"), ("POST", "/jobs/0123456789abcdef/cancel"),
-    ("GET", "/jobs/0123456789abcdef/events"), ("GET", "/models/0123456789abcdef"),
-    ("GET", "/models/0123456789abcdef/download"), ("DELETE", "/models/0123456789abcdef"),
-    ("GET", "/backbones/alexnet/layers"), ("GET", "/jobs/..%2F..%2Fetc"), ("GET", "/models/.tmp-x"),
+    ("GET", "/datasets/0123456789abcdef"),
+    ("DELETE", "/datasets/0123456789abcdef"),
+    ("GET", "/datasets/0123456789abcdef/samples"),
+    ("GET", "/datasets/0123456789abcdef/files/red/x.png"),
+    ("GET", "/jobs/0123456789abcdef"),
+    ("POST", "/jobs/0123456789abcdef/cancel"),
+    ("GET", "/jobs/0123456789abcdef/events"),
+    ("GET", "/models/0123456789abcdef"),
+    ("GET", "/models/0123456789abcdef/download"),
+    ("DELETE", "/models/0123456789abcdef"),
+    ("GET", "/backbones/alexnet/layers"),
+    ("GET", "/jobs/..%2F..%2Fetc"),
+    ("GET", "/models/.tmp-x"),
 ]
 
 
@@ -555,8 +618,9 @@ def test_unknown_ids_get_404(client, untouched, method, path):
 def test_unknown_ids_in_bodies_get_404(client, baseline, untouched):
     response = client.post("/jobs", json=tiny_spec("0123456789abcdef"))
     assert response.status_code == 404 and "0123456789abcdef" in response.json()["detail"]
-    response = client.post("/predict", data={"model_id": "0123456789abcdef"},
-                           files=[("file", ("a.png", png(), "image/png"))])
+    response = client.post(
+        "/predict", data={"model_id": "0123456789abcdef"}, files=[("file", ("a.png", png(), "image/png"))]
+    )
     assert response.status_code == 404
 
 

@@ -23,12 +23,23 @@ import httpx
 import psutil
 import pytest
 
-from finetune.stores.jobs import JobStore
 from finetune.launcher import http_status
+from finetune.stores.jobs import JobStore
 from tests.helpers import make_image_bytes
 from tests.integration.reliability_support import (
-    FINAL, Stack, assert_baseline_intact, get_job, make_baseline, predict, snapshot, submit_job, tiny_spec,
-    tree_diff, upload_archive, wait_for, wait_for_job,
+    FINAL,
+    Stack,
+    assert_baseline_intact,
+    get_job,
+    make_baseline,
+    predict,
+    snapshot,
+    submit_job,
+    tiny_spec,
+    tree_diff,
+    upload_archive,
+    wait_for,
+    wait_for_job,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,8 +70,9 @@ def client(stack):
 
 @pytest.fixture(scope="module")
 def baseline(stack, client, tiny_dataset_zip):
-    return make_baseline(client, tiny_dataset_zip, data_dir=stack.data_dir, model_dir=stack.model_dir,
-                         diagnostics=stack.logs)
+    return make_baseline(
+        client, tiny_dataset_zip, data_dir=stack.data_dir, model_dir=stack.model_dir, diagnostics=stack.logs
+    )
 
 
 @pytest.fixture
@@ -136,8 +148,9 @@ def test_a_half_saved_model_is_never_listed_or_served(stack, client, baseline, i
         for path in (f"/models/{model_id}", f"/models/{model_id}/download"):
             response = client.get(path)
             assert response.status_code == 404, (path, response.status_code, response.text[:200])
-        response = client.post("/predict", data={"model_id": model_id},
-                               files=[("file", ("a.png", make_image_bytes("red"), "image/png"))])
+        response = client.post(
+            "/predict", data={"model_id": model_id}, files=[("file", ("a.png", make_image_bytes("red"), "image/png"))]
+        )
         assert response.status_code == 404, (model_id, response.text)
         assert client.delete(f"/models/{model_id}").status_code == 404
     default = client.post("/predict", files=[("file", ("a.png", make_image_bytes("red"), "image/png"))])
@@ -190,8 +203,9 @@ def test_job_records_survive_a_redis_restart_and_readyz_follows_redis(stack, cli
 
 def test_a_job_goes_on_while_the_api_is_killed_and_restarted(stack, client, baseline, intact):
     job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=2, finetune=3))
-    wait_for_job(client, job["id"], until=lambda j: j["status"] == "running" and j["phase"] is not None,
-                 diagnostics=stack.logs)
+    wait_for_job(
+        client, job["id"], until=lambda j: j["status"] == "running" and j["phase"] is not None, diagnostics=stack.logs
+    )
     stack.api.kill()
     assert http_status(f"{stack.url}/healthz") is None
     store = jobs_store(stack)
@@ -216,10 +230,12 @@ def test_an_api_killed_while_an_upload_streams_in_leaves_nothing(stack, client, 
     stack.api.stop()
     stack.start_api(TMPDIR=str(spool))
     boundary = "b0undary"
-    head = (f"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {300 * 1024 * 1024}\r\n\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.zip\"\r\n"
-            "Content-Type: application/zip\r\n\r\n").encode()
+    head = (
+        f"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {300 * 1024 * 1024}\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(head + b"PK\x03\x04")
         for _ in range(40):  # 10 MB over about 2 s
@@ -243,7 +259,8 @@ def big_archive(path: Path, per_class: int = 700) -> Path:
 
 
 def test_an_api_killed_while_it_unpacks_an_upload_leaves_no_dataset_and_start_up_clears_the_rest(
-        stack, client, baseline, intact, tmp_path):
+    stack, client, baseline, intact, tmp_path
+):
     """Killed after the upload was spooled, while it is unpacked: the staging folder and spooled file
     stay behind, no dataset is listed; the next start-up removes them once they are stale (and never
     the staging folder of a save still in flight)."""
@@ -261,8 +278,9 @@ def test_an_api_killed_while_it_unpacks_an_upload_leaves_no_dataset_and_start_up
 
     thread = threading.Thread(target=upload)
     thread.start()
-    staging = wait_for(lambda: list(stack.data_dir.glob(".tmp-*")), timeout=60, interval=0.005,
-                       what="the upload's staging folder")
+    staging = wait_for(
+        lambda: list(stack.data_dir.glob(".tmp-*")), timeout=60, interval=0.005, what="the upload's staging folder"
+    )
     stack.api.kill()
     thread.join(30)
     assert failures and not isinstance(failures[0], int), f"the upload finished before the kill: {failures}"
@@ -306,8 +324,13 @@ def age(path: Path, when: float) -> None:
 
 def test_cancelling_a_running_job_stops_it_within_a_batch_and_frees_the_worker(stack, client, baseline, intact):
     job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=1, finetune=500))
-    running = wait_for_job(client, job["id"], interval=0.05, diagnostics=stack.logs,
-                           until=lambda j: j["phase"] == "finetune" and j["batch"] >= 1 or j["status"] in FINAL)
+    running = wait_for_job(
+        client,
+        job["id"],
+        interval=0.05,
+        diagnostics=stack.logs,
+        until=lambda j: j["phase"] == "finetune" and j["batch"] >= 1 or j["status"] in FINAL,
+    )
     assert running["status"] == "running", running
     batch_s = max(row["seconds"] for row in running["history"]) / max(running["batches"], 1)
     started = time.monotonic()
@@ -329,14 +352,18 @@ def test_cancelling_a_running_job_stops_it_within_a_batch_and_frees_the_worker(s
 # --- (a) a worker SIGKILLed mid-job --------------------------------------------------------------------
 
 
-def test_a_worker_killed_mid_job_is_taken_over_and_the_job_resumes_from_its_checkpoint(
-        stack, client, baseline, intact):
+def test_a_worker_killed_mid_job_is_taken_over_and_the_job_resumes_from_its_checkpoint(stack, client, baseline, intact):
     while len(stack.live_workers()) > 1:
         stack.live_workers()[-1].stop()
     victim = stack.live_workers()[0]
     job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=2, finetune=8))
-    at_kill = wait_for_job(client, job["id"], interval=0.05, diagnostics=stack.logs,
-                           until=lambda j: finetune_rows(j) >= 1 or j["status"] in FINAL)
+    at_kill = wait_for_job(
+        client,
+        job["id"],
+        interval=0.05,
+        diagnostics=stack.logs,
+        until=lambda j: finetune_rows(j) >= 1 or j["status"] in FINAL,
+    )
     assert at_kill["status"] == "running", at_kill
     assert runner_processes(victim, job["id"]), "the job should run in a child of the victim"
     victim.kill()
@@ -347,8 +374,9 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_job_resumes_from_its_chec
     assert get_job(client, job["id"])["status"] == "running"  # nobody has noticed yet
 
     stack.start_worker()
-    resumed = wait_for_job(client, job["id"], until=lambda j: j["attempts"] >= 2, timeout=STALE_AFTER_S + 40,
-                           diagnostics=stack.logs)
+    resumed = wait_for_job(
+        client, job["id"], until=lambda j: j["attempts"] >= 2, timeout=STALE_AFTER_S + 40, diagnostics=stack.logs
+    )
     taken_over_s = time.monotonic() - killed
     done = wait_for_job(client, job["id"], diagnostics=stack.logs)
     assert done["status"] == "succeeded", done
@@ -356,27 +384,32 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_job_resumes_from_its_chec
     assert [(r["phase"], r["epoch"]) for r in done["history"]] == expected_history(2, 8)
     # resumed, not restarted: the rows recorded before the kill are the very same rows
     assert done["history"][:saved_rows] == checkpoint["history"]
-    assert done["history"][:len(at_kill["history"])] == at_kill["history"]
+    assert done["history"][: len(at_kill["history"])] == at_kill["history"]
     assert taken_over_s < STALE_AFTER_S + 30, taken_over_s
     # the API and every worker sweep for stale jobs; whichever held the lock re-queued it
     assert any("re-queued to resume" in process.output() for process in [*stack.apis, *stack.workers])
     assert done["model_id"] in [m["id"] for m in client.get("/models").json()["data"]]
-    wait_for(lambda: not (stack.model_dir / ".checkpoints" / job["id"]).exists(), timeout=15,
-             what="the checkpoint removed")
+    wait_for(
+        lambda: not (stack.model_dir / ".checkpoints" / job["id"]).exists(), timeout=15, what="the checkpoint removed"
+    )
     assert resumed["status"] in ("running", "succeeded")
     print(f"worker kill: job taken over {taken_over_s:.1f}s after the kill, resumed after {saved_rows} epochs")
 
 
-def test_a_job_cancelled_while_its_worker_is_dead_ends_cancelled_without_leftovers(
-        stack, client, baseline, intact):
+def test_a_job_cancelled_while_its_worker_is_dead_ends_cancelled_without_leftovers(stack, client, baseline, intact):
     """Killed mid-job, then cancelled while no worker lives: the next worker's reaper hands it back and
     it ends cancelled, its checkpoint removed, no model."""
     while len(stack.live_workers()) > 1:
         stack.live_workers()[-1].stop()
     victim = stack.live_workers()[0]
     job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=1, finetune=500))
-    wait_for_job(client, job["id"], interval=0.05, diagnostics=stack.logs,
-                 until=lambda j: finetune_rows(j) >= 1 or j["status"] in FINAL)
+    wait_for_job(
+        client,
+        job["id"],
+        interval=0.05,
+        diagnostics=stack.logs,
+        until=lambda j: finetune_rows(j) >= 1 or j["status"] in FINAL,
+    )
     victim.kill()
     assert (stack.model_dir / ".checkpoints" / job["id"] / "state.json").exists()
     response = client.post(f"/jobs/{job['id']}/cancel")
@@ -397,12 +430,22 @@ def test_a_job_whose_process_keeps_dying_ends_failed_after_max_attempts(stack, c
     retried_after = []
     killed = None
     for attempt in range(1, max_attempts + 1):
-        wait_for_job(client, job["id"], until=lambda j, a=attempt: j["attempts"] == a, timeout=STALE_AFTER_S + 40,
-                     interval=0.05, diagnostics=stack.logs)
+        wait_for_job(
+            client,
+            job["id"],
+            until=lambda j, a=attempt: j["attempts"] == a,
+            timeout=STALE_AFTER_S + 40,
+            interval=0.05,
+            diagnostics=stack.logs,
+        )
         if killed is not None:
             retried_after.append(time.monotonic() - killed)
-        children = wait_for(lambda: runner_processes(worker, job["id"]), timeout=30, interval=0.05,
-                            what=f"the job process of attempt {attempt}")
+        children = wait_for(
+            lambda: runner_processes(worker, job["id"]),
+            timeout=30,
+            interval=0.05,
+            what=f"the job process of attempt {attempt}",
+        )
         for child in children:
             child.kill()
         killed = time.monotonic()

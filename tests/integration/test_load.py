@@ -23,10 +23,26 @@ RSS_GROWTH_LIMIT_MB = 200
 
 def test_predict_and_job_polling_under_load(live_service, client, baseline, tmp_path):
     out = tmp_path / "load.json"
-    command = [sys.executable, str(SCRIPT), "--url", live_service.url, "--duration", str(DURATION_S),
-               "--concurrency", str(CONCURRENCY), "--model-id", baseline.model["id"],
-               "--dataset-id", baseline.dataset["id"], "--poll-hz", "50",
-               "--api-pid", str(live_service.api.pid), "--json", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--url",
+        live_service.url,
+        "--duration",
+        str(DURATION_S),
+        "--concurrency",
+        str(CONCURRENCY),
+        "--model-id",
+        baseline.model["id"],
+        "--dataset-id",
+        baseline.dataset["id"],
+        "--poll-hz",
+        "50",
+        "--api-pid",
+        str(live_service.api.pid),
+        "--json",
+        str(out),
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=DURATION_S + 120)
     print(run.stdout)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -15,8 +15,14 @@ from tests.helpers import make_image_bytes
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY_JOB = {
-    "backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32, "batch_size": 8,
-    "augmentation": None, "warmup": {"epochs": 1}, "finetune": {"epochs": 1},
+    "backbone": "mobilenet",
+    "alpha": 0.25,
+    "weights": "none",
+    "image_size": 32,
+    "batch_size": 8,
+    "augmentation": None,
+    "warmup": {"epochs": 1},
+    "finetune": {"epochs": 1},
 }
 
 
@@ -24,8 +30,9 @@ TINY_JOB = {
 def s3_server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    process = ManagedProcess("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                             log_path=log)
+    process = ManagedProcess(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log
+    )
     url = f"http://127.0.0.1:{port}"
     process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=60, what="moto server")
     yield url
@@ -35,15 +42,28 @@ def s3_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_service(s3_server, service_env, redis_server, tmp_path_factory):
     """An API and a worker whose stores are buckets; Redis database 1 keeps its queue apart."""
-    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}
-    s3 = boto3.client("s3", endpoint_url=s3_server, **{
-        "aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"})
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"},
+    )
     for bucket in ("models", "datasets"):
         s3.create_bucket(Bucket=bucket)
     cache = tmp_path_factory.mktemp("s3cache")
-    env = {**service_env, **credentials, "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/1",
-           "MODEL_DIR": "s3://models/store", "DATA_DIR": "s3://datasets/uploads", "CACHE_DIR": str(cache)}
+    env = {
+        **service_env,
+        **credentials,
+        "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/1",
+        "MODEL_DIR": "s3://models/store",
+        "DATA_DIR": "s3://datasets/uploads",
+        "CACHE_DIR": str(cache),
+    }
     logs = tmp_path_factory.mktemp("s3logs")
     worker = start_worker(env={**env, "CACHE_DIR": str(cache / "worker")}, log_path=logs / "worker.log")
     port = free_port()
@@ -79,8 +99,11 @@ def test_a_job_on_s3_stores_trains_lists_and_predicts(s3_service, tiny_dataset_z
         assert [m["id"] for m in listed["data"]] == [model_id]
         assert client.get(f"/models/{model_id}").json()["classes"] == ["blue", "red"]
 
-        prediction = client.post("/predict", data={"model_id": model_id, "top_k": "1"},
-                                 files=[("file", ("red.png", make_image_bytes("red"), "image/png"))])
+        prediction = client.post(
+            "/predict",
+            data={"model_id": model_id, "top_k": "1"},
+            files=[("file", ("red.png", make_image_bytes("red"), "image/png"))],
+        )
         assert prediction.status_code == 200, prediction.text
         assert prediction.json()["results"][0]["predictions"][0]["label"] in ("red", "blue")
 

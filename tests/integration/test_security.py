@@ -11,14 +11,21 @@ import httpx
 import pytest
 
 from tests.integration.reliability_support import (
-    assert_baseline_intact, predict, tiny_spec,
+    assert_baseline_intact,
+    predict,
+    tiny_spec,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KEYS = ("alpha-7d1e5c0f93b2a4e8-SECRET", "beta-0c9b8a7f6e5d4c3b-SECRET")
-WRONG_KEYS = ("alpha-7d1e5c0f93b2a4e8-SECRE", "alpha-7d1e5c0f93b2a4e8-SECRETX", "ALPHA-7D1E5C0F93B2A4E8-SECRET",
-              "Bearer", "wrong-key-2f4e6a8c0b1d3f5e")
+WRONG_KEYS = (
+    "alpha-7d1e5c0f93b2a4e8-SECRE",
+    "alpha-7d1e5c0f93b2a4e8-SECRETX",
+    "ALPHA-7D1E5C0F93B2A4E8-SECRET",
+    "Bearer",
+    "wrong-key-2f4e6a8c0b1d3f5e",
+)
 ORIGIN = "https://dashboard.example.org"
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
 WARNING = "API_KEYS is not set"
@@ -33,8 +40,9 @@ def open_client(client):
 @pytest.fixture(scope="module")
 def secured(live_service, tmp_path_factory, baseline):
     """The API with two keys and one allowed origin, on the same Redis and stores as `live_service`."""
-    with live_service.extra_api(tmp_path_factory.mktemp("secured-api"), API_KEYS=",".join(KEYS),
-                                CORS_ORIGINS=ORIGIN) as http:
+    with live_service.extra_api(
+        tmp_path_factory.mktemp("secured-api"), API_KEYS=",".join(KEYS), CORS_ORIGINS=ORIGIN
+    ) as http:
         yield http
 
 
@@ -45,8 +53,13 @@ def bearer(key: str) -> dict:
 def operations(client: httpx.Client, baseline) -> list[tuple[str, str]]:
     """Every operation in the API's own OpenAPI schema, path parameters filled in."""
     schema = client.get("/openapi.json").json()
-    filled = {"dataset_id": baseline.dataset["id"], "job_id": baseline.job["id"], "model_id": baseline.model["id"],
-              "name": "mobilenet", "path": "red/red_000.png"}
+    filled = {
+        "dataset_id": baseline.dataset["id"],
+        "job_id": baseline.job["id"],
+        "model_id": baseline.model["id"],
+        "name": "mobilenet",
+        "path": "red/red_000.png",
+    }
     result = []
     for path, methods in schema["paths"].items():
         concrete = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: filled[m.group(1)], path)
@@ -119,17 +132,28 @@ def test_cors_is_off_by_default(open_client, baseline):
     response = open_client.get("/datasets", headers={"Origin": ORIGIN})
     assert response.status_code == 200
     assert "access-control-allow-origin" not in response.headers
-    preflight = open_client.options("/datasets", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    preflight = open_client.options(
+        "/datasets",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert "access-control-allow-origin" not in preflight.headers
     assert preflight.status_code in (400, 401, 404, 405)
     assert_baseline_intact(open_client, baseline)
 
 
 def test_cors_allows_only_the_configured_origin(secured, baseline):
-    preflight = secured.options("/predict", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    preflight = secured.options(
+        "/predict",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert preflight.status_code == 200, preflight.text  # a preflight carries no key and must not need one
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
@@ -147,9 +171,11 @@ def test_cors_allows_only_the_configured_origin(secured, baseline):
 def test_an_upload_without_a_key_is_refused_before_its_body_is_read(secured, baseline):
     """Without a key the API answers 401 at once instead of reading (and spooling) a large body first."""
     port = int(str(secured.base_url).rsplit(":", 1)[1].rstrip("/"))
-    head = (f"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 209715200\r\n\r\n"
-            "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.zip\"\r\n\r\n")
+    head = (
+        f"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 209715200\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="file"; filename="x.zip"\r\n\r\n'
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head.encode() + b"x" * 65536)
         started = time.monotonic()

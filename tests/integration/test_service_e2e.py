@@ -30,8 +30,13 @@ JOB_TIMEOUT_S = 420.0  # a tiny job on CPU, including the job process's TensorFl
 POLL_S = 0.05
 FINAL = ("succeeded", "failed", "cancelled")
 TINY_SPEC = {  # augmentation left out: the default (the seed's) augmentation
-    "backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32, "batch_size": 8,
-    "warmup": {"epochs": 2}, "finetune": {"epochs": 2},
+    "backbone": "mobilenet",
+    "alpha": 0.25,
+    "weights": "none",
+    "image_size": 32,
+    "batch_size": 8,
+    "warmup": {"epochs": 2},
+    "finetune": {"epochs": 2},
 }
 LONG_SPEC = {**TINY_SPEC, "image_size": 96, "warmup": {"epochs": 200}, "finetune": {"epochs": 200}}
 
@@ -69,7 +74,8 @@ def poll(http, live_service, job_id: str, until, *, timeout: float = JOB_TIMEOUT
             return seen
         assert time.monotonic() < deadline, (
             f"job {job_id} still {seen[-1]['status']} ({seen[-1]['phase']}) after {timeout:.0f}s\n"
-            f"{worker_logs(live_service)}")
+            f"{worker_logs(live_service)}"
+        )
         time.sleep(POLL_S)
 
 
@@ -82,7 +88,7 @@ def read_events(response: httpx.Response) -> list[dict]:
     events, data = [], []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            data.append(line[len("data: "):])
+            data.append(line[len("data: ") :])
         elif line == "" and data:
             events.append(json.loads("\n".join(data)))
             data = []
@@ -155,12 +161,13 @@ def tiny_run(http, live_service, tiny_dataset_zip) -> TinyRun:
     seconds = time.perf_counter() - started
     listener.join(timeout=30)
     final = polled[-1]
-    print(f"\n[e2e] tiny job (mobilenet a=0.25, 32 px, 12 train images, batch 8, 2+2 epochs, augmentation on): "
-          f"{seconds:.1f} s from sending POST /jobs to polling `succeeded` (POST /jobs itself {post_seconds:.2f} s; "
-          f"created_at->started_at {timestamp(final['started_at']) - timestamp(final['created_at']):.1f} s; "
-          f"started_at->finished_at {timestamp(final['finished_at']) - timestamp(final['started_at']):.1f} s)")
-    return TinyRun(dataset=dataset, job_id=job["id"], polled=polled, listener=listener, seconds=seconds,
-                   final=final)
+    print(
+        f"\n[e2e] tiny job (mobilenet a=0.25, 32 px, 12 train images, batch 8, 2+2 epochs, augmentation on): "
+        f"{seconds:.1f} s from sending POST /jobs to polling `succeeded` (POST /jobs itself {post_seconds:.2f} s; "
+        f"created_at->started_at {timestamp(final['started_at']) - timestamp(final['created_at']):.1f} s; "
+        f"started_at->finished_at {timestamp(final['finished_at']) - timestamp(final['started_at']):.1f} s)"
+    )
+    return TinyRun(dataset=dataset, job_id=job["id"], polled=polled, listener=listener, seconds=seconds, final=final)
 
 
 def timestamp(iso: str) -> float:
@@ -190,7 +197,11 @@ def test_tiny_job_succeeds(tiny_run, live_service):
     assert final["created_at"] <= final["started_at"] <= final["finished_at"]
     assert final["dataset_id"] == tiny_run.dataset["id"]
     assert [(row["phase"], row["epoch"]) for row in final["history"]] == [
-        ("warmup", 1), ("warmup", 2), ("finetune", 1), ("finetune", 2)]
+        ("warmup", 1),
+        ("warmup", 2),
+        ("finetune", 1),
+        ("finetune", 2),
+    ]
     for row in final["history"]:
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(row), row
     assert final["metrics"] == final["history"][-1]
@@ -209,12 +220,13 @@ def test_progress_rises_through_both_phases(tiny_run):
     phases = [job["phase"] for job in polled if job["status"] == "running"]
     assert "warmup" in phases and "finetune" in phases, sorted(set(filter(None, phases)))
     assert phases.index("warmup") < phases.index("finetune")
-    assert "warmup" not in phases[phases.index("finetune"):]
+    assert "warmup" not in phases[phases.index("finetune") :]
 
     training = [job for job in polled if job["status"] == "running" and job["phase"] in ("warmup", "finetune")]
     for job in polled:
-        assert {"phase", "epoch", "epochs", "batch", "batches", "progress", "eta_seconds", "metrics",
-                "history"} <= set(job)
+        assert {"phase", "epoch", "epochs", "batch", "batches", "progress", "eta_seconds", "metrics", "history"} <= set(
+            job
+        )
     assert all(job["epochs"] == 2 and job["batches"] == 2 for job in training if job["batches"]), training
     assert any(job["batches"] > 0 for job in training)
     assert any(job["eta_seconds"] is not None for job in training)
@@ -283,15 +295,17 @@ def test_the_model_is_listed_and_described(http, tiny_run, tiny_model):
 def test_the_model_downloads_as_a_keras_file(http, tiny_model):
     response = http.get(f"/models/{tiny_model['id']}/download")
     assert response.status_code == 200
-    assert f'{tiny_model["id"]}.keras' in response.headers["content-disposition"]
+    assert f"{tiny_model['id']}.keras" in response.headers["content-disposition"]
     assert response.content[:2] == b"PK"
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
         assert {"config.json", "metadata.json"} <= set(archive.namelist())
 
 
 def test_predict_two_images(http, tiny_model):
-    files = [("file", ("a_red.png", make_image_bytes("red", 40, seed=7), "image/png")),
-             ("file", ("b_blue.jpg", make_image_bytes("blue", 40, fmt="JPEG", seed=8), "image/jpeg"))]
+    files = [
+        ("file", ("a_red.png", make_image_bytes("red", 40, seed=7), "image/png")),
+        ("file", ("b_blue.jpg", make_image_bytes("blue", 40, fmt="JPEG", seed=8), "image/jpeg")),
+    ]
     response = http.post("/predict", files=files, data={"top_k": "2"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -327,10 +341,14 @@ def test_latencies(http, tiny_run, tiny_model):
         response = http.post("/predict", files=files, data={"model_id": tiny_model["id"]})
         predict_seconds.append(time.perf_counter() - started)
         assert response.status_code == 200
-    print(f"\n[e2e] GET /jobs/{{id}} over HTTP: p50 {statistics.median(job_seconds) * 1000:.1f} ms, "
-          f"p90 {percentile(job_seconds, 0.9) * 1000:.1f} ms (50 calls)")
-    print(f"[e2e] POST /predict, one 40x40 PNG, tiny model: p50 {statistics.median(predict_seconds) * 1000:.1f} ms, "
-          f"p90 {percentile(predict_seconds, 0.9) * 1000:.1f} ms (30 calls after 5 warm-up)")
+    print(
+        f"\n[e2e] GET /jobs/{{id}} over HTTP: p50 {statistics.median(job_seconds) * 1000:.1f} ms, "
+        f"p90 {percentile(job_seconds, 0.9) * 1000:.1f} ms (50 calls)"
+    )
+    print(
+        f"[e2e] POST /predict, one 40x40 PNG, tiny model: p50 {statistics.median(predict_seconds) * 1000:.1f} ms, "
+        f"p90 {percentile(predict_seconds, 0.9) * 1000:.1f} ms (30 calls after 5 warm-up)"
+    )
 
 
 # --- failures and cancellation ------------------------------------------------------------------
@@ -357,16 +375,18 @@ def test_a_job_whose_images_vanished_fails_with_its_reason(http, live_service, t
 def test_a_running_job_is_cancelled_and_the_worker_takes_the_next(http, live_service, tiny_run):
     dataset_id = tiny_run.dataset["id"]
     job = submit(http, dataset_id, LONG_SPEC)
-    polled = poll(http, live_service, job["id"],
-                  lambda j: j["status"] in FINAL or (j["status"] == "running" and j["batch"] > 0))
+    polled = poll(
+        http, live_service, job["id"], lambda j: j["status"] in FINAL or (j["status"] == "running" and j["batch"] > 0)
+    )
     running = polled[-1]
     assert running["status"] == "running", running
     assert running["phase"] in ("warmup", "finetune")
 
     busy = http.delete(f"/datasets/{dataset_id}")  # a dataset in use cannot go
     assert busy.status_code == 409 and job["id"] in busy.json()["detail"]
-    not_ready = http.post("/predict", data={"model_id": job["id"]},
-                          files=[("file", ("x.png", make_image_bytes("red"), "image/png"))])
+    not_ready = http.post(
+        "/predict", data={"model_id": job["id"]}, files=[("file", ("x.png", make_image_bytes("red"), "image/png"))]
+    )
     assert not_ready.status_code == 409 and "running" in not_ready.json()["detail"]
 
     asked = time.perf_counter()
@@ -391,8 +411,10 @@ def test_a_running_job_is_cancelled_and_the_worker_takes_the_next(http, live_ser
     after = submit(http, dataset_id, TINY_SPEC)
     done = poll(http, live_service, after["id"], until_final)[-1]
     assert done["status"] == "succeeded", f"{done}\n{worker_logs(live_service)}"
-    print(f"[e2e] the next tiny job (API warm): {time.perf_counter() - sent:.1f} s from POST /jobs to succeeded; "
-          f"created_at->started_at {timestamp(done['started_at']) - timestamp(done['created_at']):.1f} s")
+    print(
+        f"[e2e] the next tiny job (API warm): {time.perf_counter() - sent:.1f} s from POST /jobs to succeeded; "
+        f"created_at->started_at {timestamp(done['started_at']) - timestamp(done['created_at']):.1f} s"
+    )
     assert model_ids_of_job(http, after["id"]) == [done["model_id"]]
 
 
@@ -400,14 +422,20 @@ def test_a_running_job_is_cancelled_and_the_worker_takes_the_next(http, live_ser
 
 
 def test_predict_refusals(http, tiny_model, tiny_run):
-    text = http.post("/predict", files=[("file", ("notes.jpg", b"these are my notes, not a photo\n" * 4,
-                                                  "image/jpeg"))])
+    text = http.post(
+        "/predict", files=[("file", ("notes.jpg", b"these are my notes, not a photo\n" * 4, "image/jpeg"))]
+    )
     assert text.status_code == 415
     assert "notes.jpg" in text.json()["detail"]
 
     corrupt = make_image_bytes("red", 40)[:80]
-    broken = http.post("/predict", files=[("file", ("ok.png", make_image_bytes("blue"), "image/png")),
-                                          ("file", ("broken.png", corrupt, "image/png"))])
+    broken = http.post(
+        "/predict",
+        files=[
+            ("file", ("ok.png", make_image_bytes("blue"), "image/png")),
+            ("file", ("broken.png", corrupt, "image/png")),
+        ],
+    )
     assert broken.status_code == 400
     assert "broken.png" in broken.json()["detail"]
 
@@ -431,8 +459,16 @@ def test_not_found_conflict_and_validation(http, tiny_run):
     assert http.post("/jobs", json={"dataset_id": "nosuchdataset"}).status_code == 404
     assert http.post(f"/jobs/{tiny_run.job_id}/cancel").status_code == 409
 
-    invalid = http.post("/jobs", json={"dataset_id": tiny_run.dataset["id"], "backbone": "vgg16", "alpha": 0.5,
-                                       "warmup": {"learning_rate": -1}, "surprise": True})
+    invalid = http.post(
+        "/jobs",
+        json={
+            "dataset_id": tiny_run.dataset["id"],
+            "backbone": "vgg16",
+            "alpha": 0.5,
+            "warmup": {"learning_rate": -1},
+            "surprise": True,
+        },
+    )
     assert invalid.status_code == 422
     locations = [error["loc"] for error in invalid.json()["detail"]]
     assert any("alpha" in loc for loc in locations)
@@ -451,17 +487,28 @@ def test_bodies_over_max_upload_mb_are_413(live_service, tmp_path):
 
         def chunked():
             boundary = "e2e-boundary"
-            yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
-                   "Content-Type: application/zip\r\n\r\n").encode()
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
+                "Content-Type: application/zip\r\n\r\n"
+            ).encode()
             for start in range(0, len(big), 64 * 1024):
-                yield big[start:start + 64 * 1024]
+                yield big[start : start + 64 * 1024]
             yield f"\r\n--{boundary}--\r\n".encode()
 
-        streamed = small.post("/datasets", content=chunked(),
-                              headers={"content-type": "multipart/form-data; boundary=e2e-boundary"})
+        streamed = small.post(
+            "/datasets", content=chunked(), headers={"content-type": "multipart/form-data; boundary=e2e-boundary"}
+        )
         assert streamed.status_code == 413, streamed.text
 
-        fits = small.post("/datasets", files={"file": ("fits.zip", make_dataset_zip(
-            tmp_path / "fits.zip", per_class=3).read_bytes(), "application/zip")})
+        fits = small.post(
+            "/datasets",
+            files={
+                "file": (
+                    "fits.zip",
+                    make_dataset_zip(tmp_path / "fits.zip", per_class=3).read_bytes(),
+                    "application/zip",
+                )
+            },
+        )
         assert fits.status_code == 201, fits.text
         assert small.get("/healthz").status_code == 200

@@ -31,9 +31,17 @@ MAX_REQUESTS = 200_000
 MAX_CONCURRENCY = 256
 WARMUP_S = 3.0
 REQUEST_TIMEOUT_S = 60.0
-DEFAULT_JOB = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32, "batch_size": 4,
-               "head": {"units": 8, "dropout": 0.0}, "augmentation": None, "warmup": {"epochs": 2},
-               "finetune": {"epochs": 3, "unfreeze_from": 50}}
+DEFAULT_JOB = {
+    "backbone": "mobilenet",
+    "alpha": 0.25,
+    "weights": "none",
+    "image_size": 32,
+    "batch_size": 4,
+    "head": {"units": 8, "dropout": 0.0},
+    "augmentation": None,
+    "warmup": {"epochs": 2},
+    "finetune": {"epochs": 3, "unfreeze_from": 50},
+}
 
 
 @dataclass
@@ -48,10 +56,21 @@ class Series:
 
     def summary(self, seconds: float) -> dict:
         values = np.asarray(self.latencies) * 1000.0
-        quantiles = ({f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)}
-                     | {"max": round(float(values.max()), 2)}) if len(values) else {}
-        return {"requests": len(values), "errors": sum(self.errors.values()), "error_kinds": self.errors,
-                "per_s": round(len(values) / seconds, 1) if seconds else None, "latency_ms": quantiles}
+        quantiles = (
+            (
+                {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)}
+                | {"max": round(float(values.max()), 2)}
+            )
+            if len(values)
+            else {}
+        )
+        return {
+            "requests": len(values),
+            "errors": sum(self.errors.values()),
+            "error_kinds": self.errors,
+            "per_s": round(len(values) / seconds, 1) if seconds else None,
+            "latency_ms": quantiles,
+        }
 
 
 class Budget:
@@ -86,8 +105,9 @@ def sample_image(seed: int = 0, size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
-async def predict_loop(client: httpx.AsyncClient, budget: Budget, series: Series, image: bytes,
-                       model_id: str | None) -> None:
+async def predict_loop(
+    client: httpx.AsyncClient, budget: Budget, series: Series, image: bytes, model_id: str | None
+) -> None:
     data = {"model_id": model_id} if model_id else {}
     while budget.take():
         started = time.perf_counter()
@@ -99,8 +119,9 @@ async def predict_loop(client: httpx.AsyncClient, budget: Budget, series: Series
         series.record(started, outcome)
 
 
-async def poll_loop(client: httpx.AsyncClient, budget: Budget, series: Series, job_id: str, hz: float,
-                    seen: dict) -> None:
+async def poll_loop(
+    client: httpx.AsyncClient, budget: Budget, series: Series, job_id: str, hz: float, seen: dict
+) -> None:
     interval = 1.0 / hz
     while budget.take():
         started = time.perf_counter()
@@ -135,8 +156,9 @@ async def run(args: argparse.Namespace) -> dict:
         # warm-up: the model loaded and its batch shapes traced before RSS is first read
         warm = Series()
         warm_budget = Budget(WARMUP_S, MAX_REQUESTS)
-        await asyncio.gather(*(predict_loop(client, warm_budget, warm, image, args.model_id)
-                               for _ in range(concurrency)))
+        await asyncio.gather(
+            *(predict_loop(client, warm_budget, warm, image, args.model_id) for _ in range(concurrency))
+        )
         rss_before = rss_mb(args.api_pid)
 
         job_id = args.job_id
@@ -163,29 +185,42 @@ async def run(args: argparse.Namespace) -> dict:
         "concurrency": concurrency,
         "warmup": warm.summary(WARMUP_S),
         "predict": predictions.summary(elapsed),
-        "job_poll": polls.summary(elapsed) | {"job_id": job_id, "last_status": seen["status"],
-                                               "statuses_seen": sorted(seen["statuses"]),
-                                               "last_progress": seen["progress"]},
+        "job_poll": polls.summary(elapsed)
+        | {
+            "job_id": job_id,
+            "last_status": seen["status"],
+            "statuses_seen": sorted(seen["statuses"]),
+            "last_progress": seen["progress"],
+        },
         "requests": len(predictions.latencies) + len(polls.latencies),
         "errors": sum(predictions.errors.values()) + sum(polls.errors.values()),
-        "rss_mb": {"before": rss_before, "after": rss_after,
-                   "growth": None if rss_before is None or rss_after is None else round(rss_after - rss_before, 1)},
+        "rss_mb": {
+            "before": rss_before,
+            "after": rss_after,
+            "growth": None if rss_before is None or rss_after is None else round(rss_after - rss_before, 1),
+        },
     }
 
 
 def print_summary(summary: dict) -> None:
     def row(name: str, part: dict) -> str:
         q = part["latency_ms"]
-        return (f"{name:<9} {part['requests']:>7} req  {part['per_s'] or 0:>7}/s  errors {part['errors']:>3}  "
-                f"p50 {q.get('p50', '-')} ms  p95 {q.get('p95', '-')} ms  p99 {q.get('p99', '-')} ms")
+        return (
+            f"{name:<9} {part['requests']:>7} req  {part['per_s'] or 0:>7}/s  errors {part['errors']:>3}  "
+            f"p50 {q.get('p50', '-')} ms  p95 {q.get('p95', '-')} ms  p99 {q.get('p99', '-')} ms"
+        )
 
     print(f"load test of {summary['url']}: {summary['duration_s']} s, {summary['concurrency']} predict clients")
     print(row("predict", summary["predict"]))
-    print(row("job poll", summary["job_poll"]) + f"  (job {summary['job_poll']['job_id']}: "
-          f"{summary['job_poll']['statuses_seen']})")
+    print(
+        row("job poll", summary["job_poll"]) + f"  (job {summary['job_poll']['job_id']}: "
+        f"{summary['job_poll']['statuses_seen']})"
+    )
     rss = summary["rss_mb"]
-    print(f"total     {summary['requests']:>7} req  errors {summary['errors']}  "
-          f"API RSS {rss['before']} MB -> {rss['after']} MB (growth {rss['growth']} MB)")
+    print(
+        f"total     {summary['requests']:>7} req  errors {summary['errors']}  "
+        f"API RSS {rss['before']} MB -> {rss['after']} MB (growth {rss['growth']} MB)"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

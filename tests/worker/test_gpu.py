@@ -23,7 +23,9 @@ def test_each_worker_process_claims_a_different_gpu_and_a_surplus_worker_gets_no
     held = [claim_gpu(tmp_path, ["0", "1", "2"]) for _ in range(2)]
     assert [gpu for gpu, _ in held] == ["0", "1"]
     queue = multiprocessing.get_context("spawn").Queue()
-    child = multiprocessing.get_context("spawn").Process(target=_claim_in_child, args=(tmp_path, ["0", "1", "2"], queue))
+    child = multiprocessing.get_context("spawn").Process(
+        target=_claim_in_child, args=(tmp_path, ["0", "1", "2"], queue)
+    )
     child.start()
     child.join(30)
     assert queue.get(timeout=5) == "2"

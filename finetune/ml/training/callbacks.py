@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 
@@ -41,9 +41,18 @@ def never() -> bool:
 class PhaseCallback(keras.callbacks.Callback):
     """Reports batches and epochs, stops at the next batch when cancelled, validates and checkpoints each epoch."""
 
-    def __init__(self, *, phase: str, epochs: int, batches: int, history: list[dict],
-                 report: ProgressFn, should_cancel: CancelFn, on_epoch_saved: Callable[[int], None],
-                 validation: Validation):
+    def __init__(
+        self,
+        *,
+        phase: str,
+        epochs: int,
+        batches: int,
+        history: list[dict],
+        report: ProgressFn,
+        should_cancel: CancelFn,
+        on_epoch_saved: Callable[[int], None],
+        validation: Validation,
+    ):
         super().__init__()
         self.phase, self.epochs, self.batches = phase, epochs, batches
         self.history, self.report, self.should_cancel = history, report, should_cancel
@@ -58,8 +67,9 @@ class PhaseCallback(keras.callbacks.Callback):
         self.batch_clock = time.perf_counter()
         if self.should_cancel():
             raise JobCancelled("cancelled during training")
-        self.report(ProgressEvent(self.phase, epoch=self._epoch + 1, epochs=self.epochs,
-                                  batch=batch + 1, batches=self.batches))
+        self.report(
+            ProgressEvent(self.phase, epoch=self._epoch + 1, epochs=self.epochs, batch=batch + 1, batches=self.batches)
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {**(logs or {}), **self.validation.run()}
@@ -73,8 +83,17 @@ class PhaseCallback(keras.callbacks.Callback):
         }
         self.history.append(row)
         self.on_epoch_saved(epoch + 1)
-        self.report(ProgressEvent(self.phase, epoch=epoch + 1, epochs=self.epochs, batch=self.batches,
-                                  batches=self.batches, metrics=row, history=list(self.history)))
+        self.report(
+            ProgressEvent(
+                self.phase,
+                epoch=epoch + 1,
+                epochs=self.epochs,
+                batch=self.batches,
+                batches=self.batches,
+                metrics=row,
+                history=list(self.history),
+            )
+        )
 
     @property
     def _epoch(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -25,8 +25,9 @@ class Forward:
     `evaluate` trace again for each, and again after every compile)."""
 
     def __init__(self, fn: Callable, element: tf.TensorSpec):
-        self._call = tf.function(fn, input_signature=[tf.TensorSpec([None, *element.shape[1:]], element.dtype)],
-                                 autograph=False)
+        self._call = tf.function(
+            fn, input_signature=[tf.TensorSpec([None, *element.shape[1:]], element.dtype)], autograph=False
+        )
 
     def __call__(self, batches: tf.data.Dataset) -> np.ndarray:
         """The outputs for every batch, in order; a batch may be `x` or `(x, labels)`."""
@@ -53,8 +54,11 @@ class ImageFeeder:
     def mapper(self, fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
         """`run(indices)`: `fn` of the preprocessed images at `indices`, in order, traced once for any indices."""
         preprocess, pixels = self.preprocess, self.pixels
-        traced = tf.function(lambda images: fn(preprocess(tf.cast(images, tf.float32))),
-                             input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)], autograph=False)
+        traced = tf.function(
+            lambda images: fn(preprocess(tf.cast(images, tf.float32))),
+            input_signature=[tf.TensorSpec([None, *pixels.shape[1:]], tf.uint8)],
+            autograph=False,
+        )
 
         def call(batch):
             order = np.argsort(batch)  # read the array in file order, then restore the batch's order
@@ -64,15 +68,22 @@ class ImageFeeder:
 
         def run(indices: np.ndarray) -> np.ndarray:
             indices = np.asarray(indices, dtype=np.int64)
-            outputs = [call(indices[start:start + self.batch_size]).numpy()
-                       for start in range(0, len(indices), self.batch_size)]
+            outputs = [
+                call(indices[start : start + self.batch_size]).numpy()
+                for start in range(0, len(indices), self.batch_size)
+            ]
             return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
         return run
 
 
-def feature_stream(features: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-                   epochs: int) -> tf.data.Dataset:
+def feature_stream(
+    features: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, epochs: int
+) -> tf.data.Dataset:
     """Cached features and their labels, reshuffled every epoch, for `epochs` epochs."""
-    return without_autotune(tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(
-        len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat(epochs))
+    return without_autotune(
+        tf.data.Dataset.from_tensor_slices((features, labels))
+        .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .repeat(epochs)
+    )

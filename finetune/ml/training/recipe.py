@@ -22,8 +22,7 @@ from finetune.ml.network import assemble, build_backbone, build_head, compile_fo
 from finetune.ml.pipeline import RandomAffine, decode_dataset, make_dataset
 from finetune.ml.scan import Skipped, scan_dataset, stratified_split
 from finetune.ml.spec import PhaseSpec, TrainingSpec
-from finetune.ml.training.callbacks import (CancelFn, PhaseCallback, ProgressEvent, ProgressFn, never,
-                                            no_progress)
+from finetune.ml.training.callbacks import CancelFn, PhaseCallback, ProgressEvent, ProgressFn, never, no_progress
 from finetune.ml.training.feeding import ImageFeeder, feature_stream, inference
 from finetune.ml.training.validation import Validation, validation_cut
 from finetune.states import Phase
@@ -93,14 +92,23 @@ def train(
     started = time.perf_counter()
     report = progress or no_progress
     report(ProgressEvent(Phase.LOADING))
-    keras.utils.set_random_seed(spec.seed)  # the head's initial weights, dropout and augmentation too, not only the split
+    keras.utils.set_random_seed(
+        spec.seed
+    )  # the head's initial weights, dropout and augmentation too, not only the split
     plan = device_plan or plan_devices(detect_gpus())
     apply_precision(plan)
     data = prepare_data(spec, dataset_dir, cache_dir=cache_dir, max_pixels=max_pixels)
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
     resumed = checkpointer.load() if checkpointer else None
-    run = _Run(spec, data, plan, report=report, cancelled=should_cancel or never, checkpointer=checkpointer,
-               state=resumed.state if resumed else TrainingState())
+    run = _Run(
+        spec,
+        data,
+        plan,
+        report=report,
+        cancelled=should_cancel or never,
+        checkpointer=checkpointer,
+        state=resumed.state if resumed else TrainingState(),
+    )
     run.timings["load_s"] = time.perf_counter() - started
 
     networks = run.build_or_resume(resumed)
@@ -111,15 +119,16 @@ def train(
     return run.result(networks)
 
 
-def prepare_data(spec: TrainingSpec, dataset_dir: str | Path, *, cache_dir: str | Path | None,
-                 max_pixels: int) -> PreparedData:
+def prepare_data(
+    spec: TrainingSpec, dataset_dir: str | Path, *, cache_dir: str | Path | None, max_pixels: int
+) -> PreparedData:
     """Scan, decode at the spec's size (memory-mapped under `cache_dir` when large) and split, stratified."""
     scan = scan_dataset(dataset_dir, probe=False, max_pixels=max_pixels)
-    decoded = decode_dataset(scan, size=spec.image_size, max_pixels=max_pixels,
-                             cache_dir=Path(cache_dir) if cache_dir else None)
+    decoded = decode_dataset(
+        scan, size=spec.image_size, max_pixels=max_pixels, cache_dir=Path(cache_dir) if cache_dir else None
+    )
     train_idx, val_idx = stratified_split(decoded.labels, validation_split=spec.validation_split, seed=spec.seed)
-    return PreparedData(decoded.scan.classes, decoded.pixels, decoded.labels, train_idx, val_idx,
-                        decoded.scan.skipped)
+    return PreparedData(decoded.scan.classes, decoded.pixels, decoded.labels, train_idx, val_idx, decoded.scan.skipped)
 
 
 def _jit_compile() -> bool | str:
@@ -130,8 +139,17 @@ def _jit_compile() -> bool | str:
 class _Run:
     """One call of `train`: the steps of the recipe over shared data, strategy, history and state."""
 
-    def __init__(self, spec: TrainingSpec, data: PreparedData, plan: DevicePlan, *, report: ProgressFn,
-                 cancelled: CancelFn, checkpointer: Checkpointer | None, state: TrainingState):
+    def __init__(
+        self,
+        spec: TrainingSpec,
+        data: PreparedData,
+        plan: DevicePlan,
+        *,
+        report: ProgressFn,
+        cancelled: CancelFn,
+        checkpointer: Checkpointer | None,
+        state: TrainingState,
+    ):
         self.spec, self.data, self.plan, self.state = spec, data, plan, state
         self.report, self.cancelled, self.checkpointer = report, cancelled, checkpointer
         self.strategy = make_strategy(plan)
@@ -143,8 +161,12 @@ class _Run:
         # As a tensor, TensorFlow's copy of it peaked at three times its size while converting.
         self.images = ImageFeeder(data.pixels, self.preprocess, self.batch_size)
         self.batches = int(np.ceil(len(data.train_idx) / self.batch_size))
-        self.timings = {"load_s": 0.0, "warmup_s": 0.0, "finetune_s": 0.0,
-                        "images_per_s": {"warmup": None, "finetune": None}}
+        self.timings = {
+            "load_s": 0.0,
+            "warmup_s": 0.0,
+            "finetune_s": 0.0,
+            "images_per_s": {"warmup": None, "finetune": None},
+        }
         self.validation: Validation | None = None
 
     # --- build -----------------------------------------------------------------------------
@@ -158,8 +180,13 @@ class _Run:
                 networks = Networks(trainee, trainee.layers[1], None)
             else:
                 backbone = build_backbone(spec)
-                head = trainee if trainee is not None else build_head(
-                    tuple(backbone.output.shape[1:]), head=spec.head, num_classes=len(self.data.classes))
+                head = (
+                    trainee
+                    if trainee is not None
+                    else build_head(
+                        tuple(backbone.output.shape[1:]), head=spec.head, num_classes=len(self.data.classes)
+                    )
+                )
                 networks = Networks(assemble(backbone, head, image_size=spec.image_size), backbone, head)
         self.validation = self._whole_model_validation(networks.backbone, networks.model)
         return networks
@@ -186,12 +213,14 @@ class _Run:
             with self.strategy.scope():
                 if self.state.trainee is None:
                     compile_for(networks.model, self.spec.warmup, jit_compile=self.jit_compile)
-            self._fit(Phase.WARMUP, self.spec.warmup, networks.model, self._image_stream, self.validation,
-                      trainee_kind=MODEL)
+            self._fit(
+                Phase.WARMUP, self.spec.warmup, networks.model, self._image_stream, self.validation, trainee_kind=MODEL
+            )
             validation = self.validation
         self.report(ProgressEvent(Phase.EVALUATING))
-        self.state.warmup_metrics = evaluate_predictions(self.data.val_labels, validation.predicted_labels(),
-                                                         self.data.classes)
+        self.state.warmup_metrics = evaluate_predictions(
+            self.data.val_labels, validation.predicted_labels(), self.data.classes
+        )
 
     def _warmup_on_features(self, networks: Networks) -> Validation:
         data, head, started = self.data, networks.head, time.perf_counter()
@@ -204,15 +233,15 @@ class _Run:
             raise JobCancelled("cancelled during training")
 
         def stream(epochs: int) -> tf.data.Dataset:
-            return feature_stream(train_features, data.train_labels, batch_size=self.batch_size,
-                                  seed=self.spec.seed, epochs=epochs)
+            return feature_stream(
+                train_features, data.train_labels, batch_size=self.batch_size, seed=self.spec.seed, epochs=epochs
+            )
 
         validation = Validation.of_features(head, val_features, data.val_labels)
         with self.strategy.scope():
             if self.state.trainee != HEAD:
                 compile_for(head, self.spec.warmup, jit_compile=self.jit_compile)
-        self._fit(Phase.WARMUP, self.spec.warmup, head, stream, validation, trainee_kind=HEAD,
-                  extra_train_s=feature_s)
+        self._fit(Phase.WARMUP, self.spec.warmup, head, stream, validation, trainee_kind=HEAD, extra_train_s=feature_s)
         return validation
 
     # --- phase 2: the last block unfrozen ---------------------------------------------------
@@ -224,8 +253,15 @@ class _Run:
             if not resuming:
                 unfreeze_from(networks.backbone, self.spec.unfreeze_index)
                 compile_for(networks.model, self.spec.finetune, jit_compile=self.jit_compile)
-        self._fit(Phase.FINETUNE, self.spec.finetune, networks.model, self._image_stream, self.validation,
-                  trainee_kind=MODEL, initial_epoch=self.state.epoch if resuming else 0)
+        self._fit(
+            Phase.FINETUNE,
+            self.spec.finetune,
+            networks.model,
+            self._image_stream,
+            self.validation,
+            trainee_kind=MODEL,
+            initial_epoch=self.state.epoch if resuming else 0,
+        )
 
     # --- evaluate ---------------------------------------------------------------------------
 
@@ -237,41 +273,88 @@ class _Run:
         else:
             self.report(ProgressEvent(Phase.EVALUATING))
             metrics = evaluate_predictions(data.val_labels, self.validation.predicted_labels(), data.classes)
-        return TrainResult(model=networks.model, spec=self.spec, classes=data.classes, metrics=metrics,
-                           warmup_metrics=state.warmup_metrics, history=state.history, timings=self.timings,
-                           skipped=data.skipped, num_train=len(data.train_idx), num_validation=len(data.val_idx))
+        return TrainResult(
+            model=networks.model,
+            spec=self.spec,
+            classes=data.classes,
+            metrics=metrics,
+            warmup_metrics=state.warmup_metrics,
+            history=state.history,
+            timings=self.timings,
+            skipped=data.skipped,
+            num_train=len(data.train_idx),
+            num_validation=len(data.val_idx),
+        )
 
     # --- shared by both phases --------------------------------------------------------------
 
     def _image_stream(self, epochs: int) -> tf.data.Dataset:
         """The training images, augmented and preprocessed, reshuffled every epoch, for `epochs` epochs."""
-        return make_dataset(self.data.pixels, self.data.labels, subset=self.data.train_idx,
-                            batch_size=self.batch_size, preprocess=self.preprocess, augmentation=self.augment,
-                            shuffle_seed=self.spec.seed, epochs=epochs)
+        return make_dataset(
+            self.data.pixels,
+            self.data.labels,
+            subset=self.data.train_idx,
+            batch_size=self.batch_size,
+            preprocess=self.preprocess,
+            augmentation=self.augment,
+            shuffle_seed=self.spec.seed,
+            epochs=epochs,
+        )
 
-    def _fit(self, name: str, phase: PhaseSpec, trainee: keras.Model, stream, validation: Validation, *,
-             trainee_kind: str, initial_epoch: int | None = None, extra_train_s: float = 0.0) -> None:
+    def _fit(
+        self,
+        name: str,
+        phase: PhaseSpec,
+        trainee: keras.Model,
+        stream,
+        validation: Validation,
+        *,
+        trainee_kind: str,
+        initial_epoch: int | None = None,
+        extra_train_s: float = 0.0,
+    ) -> None:
         """`fit` the phase's remaining epochs, validating, reporting and checkpointing each."""
         if initial_epoch is None:
             initial_epoch = self.state.epoch if self.state.phase == name else 0
 
         def save(epoch: int) -> None:
             if self.checkpointer:
-                self.checkpointer.save(trainee, TrainingState(
-                    phase=name, epoch=epoch, history=self.state.history,
-                    warmup_metrics=self.state.warmup_metrics, trainee=trainee_kind))
+                self.checkpointer.save(
+                    trainee,
+                    TrainingState(
+                        phase=name,
+                        epoch=epoch,
+                        history=self.state.history,
+                        warmup_metrics=self.state.warmup_metrics,
+                        trainee=trainee_kind,
+                    ),
+                )
 
-        callback = PhaseCallback(phase=name, epochs=phase.epochs, batches=self.batches, history=self.state.history,
-                                 report=self.report, should_cancel=self.cancelled, on_epoch_saved=save,
-                                 validation=validation)
+        callback = PhaseCallback(
+            phase=name,
+            epochs=phase.epochs,
+            batches=self.batches,
+            history=self.state.history,
+            report=self.report,
+            should_cancel=self.cancelled,
+            on_epoch_saved=save,
+            validation=validation,
+        )
         started = time.perf_counter()
         if phase.epochs > initial_epoch:
             validation.latest = None  # the weights are about to change
             self.report(ProgressEvent(name, epoch=initial_epoch, epochs=phase.epochs, batches=self.batches))
             # One stream for the phase's epochs (`batches` steps each): the input pipeline keeps running
             # from one epoch into the next, preparing its first batches while this one validates.
-            trainee.fit(stream(phase.epochs - initial_epoch), epochs=phase.epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=self.batches, callbacks=[callback], verbose=0, shuffle=False)
+            trainee.fit(
+                stream(phase.epochs - initial_epoch),
+                epochs=phase.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=self.batches,
+                callbacks=[callback],
+                verbose=0,
+                shuffle=False,
+            )
         self.timings[f"{name}_s"] = time.perf_counter() - started + extra_train_s
         train_s = callback.train_seconds + extra_train_s
         if callback.epochs_run and train_s > 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -50,8 +50,17 @@ class Validation:
     costs no pass of its own.
     """
 
-    def __init__(self, model: keras.Model, backbone: keras.Model, images: ImageFeeder | None, indices: np.ndarray,
-                 labels: np.ndarray, *, cut: int | None = None, features: np.ndarray | None = None):
+    def __init__(
+        self,
+        model: keras.Model,
+        backbone: keras.Model,
+        images: ImageFeeder | None,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        *,
+        cut: int | None = None,
+        features: np.ndarray | None = None,
+    ):
         self.model, self.backbone, self.images, self.indices, self.cut = model, backbone, images, indices, cut
         self.labels = np.asarray(labels, dtype=np.int64)
         self.latest: np.ndarray | None = None
@@ -60,7 +69,7 @@ class Validation:
             self._run = Forward.over(inference(model), features)
 
     @classmethod
-    def of_features(cls, head: keras.Model, features: np.ndarray, labels: np.ndarray) -> "Validation":
+    def of_features(cls, head: keras.Model, features: np.ndarray, labels: np.ndarray) -> Validation:
         """The head alone on features already computed."""
         return cls(head, head, None, np.arange(len(labels)), labels, features=features)
 
@@ -72,7 +81,7 @@ class Validation:
         layers = self.backbone.layers
         prefix = self.backbone if self.cut == len(layers) else keras.Model(self.backbone.input, layers[self.cut].input)
         activations = self.images.mapper(inference(prefix))(self.indices)
-        suffix = [*layers[self.cut:], *self.model.layers[2:]]  # the classifier: input, backbone, head
+        suffix = [*layers[self.cut :], *self.model.layers[2:]]  # the classifier: input, backbone, head
 
         def rest(x):
             for layer in suffix:
