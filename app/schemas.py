@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from finetune.ml.spec import JobSpec
-from finetune.states import JobStatus, Phase
+from finetune.stores.records import DatasetRecord, JobRecord, ModelManifest
 
 T = TypeVar("T")
 
@@ -17,20 +17,7 @@ class ListPublic(BaseModel, Generic[T]):
     count: int
 
 
-class SkippedFile(BaseModel):
-    path: str
-    reason: str
-
-
-class DatasetPublic(BaseModel):
-    id: str
-    name: str
-    classes: list[str]
-    counts: dict[str, int]
-    num_images: int
-    skipped: list[SkippedFile]
-    created_at: str
-
+class DatasetPublic(DatasetRecord):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -80,31 +67,8 @@ class JobCreate(JobSpec):
     )
 
 
-class JobError(BaseModel):
-    type: str
-    message: str
-
-
-class JobPublic(BaseModel):
-    id: str
-    status: JobStatus
-    spec: dict[str, Any]
-    dataset_id: str
-    phase: Phase | None
-    epoch: int
-    epochs: int
-    batch: int
-    batches: int
-    progress: float = Field(description="0..1 over both phases")
-    metrics: dict[str, Any] | None = Field(description="the latest epoch's metrics")
-    history: list[dict[str, Any]]
-    eta_seconds: float | None
-    model_id: str | None
-    error: JobError | None
-    attempts: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
+class JobPublic(JobRecord):
+    """A job: its spec, where it stands, and its outcome."""
 
 
 class ModelSummary(BaseModel):
@@ -120,23 +84,8 @@ class ModelSummary(BaseModel):
     accuracy: float | None = None
 
 
-class ModelPublic(BaseModel):
+class ModelPublic(ModelManifest):
     """The model's manifest."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    created_at: str
-    job_id: str | None
-    dataset_id: str | None
-    spec: dict[str, Any]
-    classes: list[str]
-    image_size: int
-    backbone: str
-    metrics: dict[str, Any]
-    warmup_metrics: dict[str, Any] | None
-    history: list[dict[str, Any]]
-    timings: dict[str, Any]
 
 
 class Prediction(BaseModel):

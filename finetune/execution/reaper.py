@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import redis
 
+from finetune.errors import Conflict
 from finetune.settings import Settings
+from finetune.states import JobStatus
 from finetune.stores.jobs import JobStore
 
 log = logging.getLogger("finetune.execution.reaper")
@@ -24,13 +26,16 @@ def requeue_stale_jobs(jobs: JobStore, *, stale_after_s: float, enqueue) -> list
     """Every running job with no heartbeat for `stale_after_s` goes back to `queued` and is enqueued again."""
     requeued = []
     now = time.time()
-    for record in jobs.list(status="running"):
+    for record in jobs.list(status=JobStatus.RUNNING):
         beat = jobs.last_heartbeat(record["id"])
         if beat is not None and now - beat < stale_after_s:
             continue
         try:
-            jobs.update(record["id"], {"status": "queued", "worker": None}, allowed_from=frozenset({"running"}))
-        except Exception:
+            jobs.update(
+                record["id"], {"status": JobStatus.QUEUED, "worker": None}, allowed_from=frozenset({JobStatus.RUNNING})
+            )
+        except Conflict:  # it moved on (finished, cancelled, or another reaper took it) since the listing
+            log.info("job %s: not re-queued, it left `running` meanwhile", record["id"])
             continue
         enqueue(record["id"])
         requeued.append(record["id"])

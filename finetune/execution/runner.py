@@ -13,6 +13,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_
 from finetune.ids import now_iso
 from finetune.ml.spec import JobSpec
 from finetune.settings import Settings, get_settings
-from finetune.states import FINAL_STATUSES
+from finetune.states import FINAL_STATUSES, JobStatus, Phase
 from finetune.stores.archive import ArchiveLimits
 from finetune.stores.datasets import DatasetStore
 from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
@@ -70,7 +71,7 @@ class ProgressReporter:
             patch |= {"epoch": event.epoch, "epochs": event.epochs, "batch": event.batch, "batches": event.batches}
         if at_epoch_end:
             patch |= {"metrics": event.metrics, "history": self.history}
-        self.jobs.update(self.job_id, patch, allowed_from=frozenset({"running"}))
+        self.jobs.update(self.job_id, patch, allowed_from=frozenset({JobStatus.RUNNING}))
 
 
 class Heartbeat(threading.Thread):
@@ -92,108 +93,130 @@ def _finish(jobs: JobStore, job_id: str, status: str, **patch) -> dict:
     return jobs.update(job_id, {"status": status, "finished_at": now_iso(), "eta_seconds": None, **patch})
 
 
+OWNED = "owned"  # run_job's answer when another live worker runs the job
+
+
 def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> str:
     """Run `job_id` to a final state (or resume it from its checkpoint) and return that status.
 
-    Returns "owned" without doing anything when another live worker is running the job (a
+    Returns OWNED without doing anything when another live worker is running the job (a
     duplicate delivery).
     An exception from training marks the job failed with its type and message, then propagates.
     """
     worker = worker or worker_id()
     jobs = JobStore.from_url(settings.redis_url)
+    refused = _refusal(jobs, job_id, settings)
+    if refused is not None:
+        return refused
+    record = _claim(jobs, job_id, worker)
+    heartbeat = Heartbeat(jobs, job_id, worker, settings.heartbeat_s)
+    heartbeat.start()
+    try:
+        status = _train_and_save(jobs, record, settings)
+    finally:
+        heartbeat.stopped.set()
+        shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
+    return status
+
+
+def _refusal(jobs: JobStore, job_id: str, settings: Settings) -> str | None:
+    """The status to answer without training: the job is final, owned by a live worker, cancelled while
+    its worker was dead, or out of attempts. None when this process should run it."""
     record = jobs.get(job_id)
     checkpoints = checkpoint_dir(settings, job_id)
     if record["status"] in FINAL_STATUSES:
         shutil.rmtree(checkpoints, ignore_errors=True)  # e.g. cancelled while queued after its worker died
         return record["status"]
     beat = jobs.last_heartbeat(job_id)
-    if record["status"] == "running" and beat and time.time() - beat < settings.job_stale_after_s:
-        return "owned"
+    if record["status"] == JobStatus.RUNNING and beat and time.time() - beat < settings.job_stale_after_s:
+        return OWNED
     if jobs.cancel_requested(job_id):
-        _finish(jobs, job_id, "cancelled")
+        _finish(jobs, job_id, JobStatus.CANCELLED)
         shutil.rmtree(checkpoints, ignore_errors=True)  # cancelled while its worker was dead: resumed no more
-        return "cancelled"
-    attempts = record["attempts"] + 1
-    if attempts > settings.job_max_attempts:
-        _finish(
-            jobs,
-            job_id,
-            "failed",
-            error={
-                "type": "WorkerLost",
-                "message": f"the job's worker stopped {record['attempts']} times before it finished; giving up",
-            },
-        )
+        return JobStatus.CANCELLED
+    if record["attempts"] + 1 > settings.job_max_attempts:
+        message = f"the job's worker stopped {record['attempts']} times before it finished; giving up"
+        _finish(jobs, job_id, JobStatus.FAILED, error={"type": "WorkerLost", "message": message})
         shutil.rmtree(checkpoints, ignore_errors=True)
         shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
-        return "failed"
-    record = jobs.update(
-        job_id,
-        {
-            "status": "running",
-            "attempts": attempts,
-            "worker": worker,
-            "error": None,
-            "started_at": record["started_at"] or now_iso(),
-        },
-        allowed_from=frozenset({"queued", "running"}),
-    )
+        return JobStatus.FAILED
+    return None
+
+
+def _claim(jobs: JobStore, job_id: str, worker: str) -> dict:
+    """Mark the job running on `worker` (one more attempt) and beat its heart once."""
+    record = jobs.get(job_id)
+    patch = {
+        "status": JobStatus.RUNNING,
+        "attempts": record["attempts"] + 1,
+        "worker": worker,
+        "error": None,
+        "started_at": record["started_at"] or now_iso(),
+    }
+    record = jobs.update(job_id, patch, allowed_from=frozenset({JobStatus.QUEUED, JobStatus.RUNNING}))
     jobs.heartbeat(job_id, worker)
-    heartbeat = Heartbeat(jobs, job_id, worker, settings.heartbeat_s)
-    heartbeat.start()
-    deadline = datetime.fromisoformat(record["started_at"]).timestamp() + settings.job_time_limit_s
+    return record
 
-    def should_cancel() -> bool:
-        if time.time() > deadline:
-            raise JobTimedOut(f"the job ran past its time limit of {settings.job_time_limit_s} s")
-        return jobs.cancel_requested(job_id)
 
-    from finetune.ml.training.recipe import ProgressEvent, train
+def _train_and_save(jobs: JobStore, record: dict, settings: Settings) -> str:
+    """Train, save the model, and record the outcome: succeeded, cancelled, or failed with the error."""
+    from finetune.ml.training import ProgressEvent, train
 
+    job_id = record["id"]
+    should_cancel = _cancellation(jobs, job_id, record["started_at"], settings.job_time_limit_s)
     reporter = ProgressReporter(jobs, record)
     spec = JobSpec.model_validate(record["spec"])
     try:
-        dataset_dir = dataset_store(settings).images_dir(spec.dataset_id)
         result = train(
             spec.training_spec(),
-            dataset_dir=dataset_dir,
+            dataset_dir=dataset_store(settings).images_dir(spec.dataset_id),
             progress=reporter,
             should_cancel=should_cancel,
-            checkpoint_dir=checkpoints,
+            checkpoint_dir=checkpoint_dir(settings, job_id),
             cache_dir=settings.cache.decoded(job_id),
             max_pixels=settings.max_image_pixels,
         )
         if should_cancel():
             raise JobCancelled("cancelled before saving")
-        reporter(ProgressEvent("saving"))
-        store = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
-        manifest = store.save(result, job_id=job_id, dataset_id=spec.dataset_id)
-        _finish(
-            jobs,
-            job_id,
-            "succeeded",
-            model_id=manifest["id"],
-            progress=1.0,
-            phase=None,
-            metrics=result.history[-1] if result.history else None,
-            history=result.history,
+        reporter(ProgressEvent(Phase.SAVING))
+        manifest = ModelStore(settings.model_dir, cache_dir=settings.cache_dir).save(
+            result, job_id=job_id, dataset_id=spec.dataset_id
         )
-        status = "succeeded"
     except JobCancelled:
-        _finish(jobs, job_id, "cancelled")
-        status = "cancelled"
+        _finish(jobs, job_id, JobStatus.CANCELLED)
+        return JobStatus.CANCELLED
     except JobTimedOut as error:
-        _finish(jobs, job_id, "failed", error={"type": "JobTimedOut", "message": str(error)})
-        status = "failed"
+        _finish(jobs, job_id, JobStatus.FAILED, error={"type": "JobTimedOut", "message": str(error)})
+        return JobStatus.FAILED
     except Exception as error:
-        _finish(jobs, job_id, "failed", error={"type": type(error).__name__, "message": str(error)})
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        _finish(jobs, job_id, JobStatus.FAILED, error={"type": type(error).__name__, "message": str(error)})
+        shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
         raise
-    finally:
-        heartbeat.stopped.set()
-        shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return status
+    last_epoch = result.history[-1] if result.history else None
+    _finish(
+        jobs,
+        job_id,
+        JobStatus.SUCCEEDED,
+        model_id=manifest["id"],
+        progress=1.0,
+        phase=None,
+        metrics=last_epoch,
+        history=result.history,
+    )
+    return JobStatus.SUCCEEDED
+
+
+def _cancellation(jobs: JobStore, job_id: str, started_at: str, time_limit_s: int) -> Callable[[], bool]:
+    """Asked after every batch: True once a cancel is requested; raises JobTimedOut past the time limit."""
+    deadline = datetime.fromisoformat(started_at).timestamp() + time_limit_s
+
+    def should_cancel() -> bool:
+        if time.time() > deadline:
+            raise JobTimedOut(f"the job ran past its time limit of {time_limit_s} s")
+        return jobs.cancel_requested(job_id)
+
+    return should_cancel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     status = run_job(args[0], settings=get_settings())
     log.info("job %s ended %s", args[0], status)
-    return EXIT_OWNED_ELSEWHERE if status == "owned" else EXIT_DONE
+    return EXIT_OWNED_ELSEWHERE if status == OWNED else EXIT_DONE
 
 
 if __name__ == "__main__":

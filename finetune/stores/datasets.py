@@ -12,6 +12,7 @@ from finetune.ids import check_id, new_id, now_iso
 from finetune.ml.scan import scan_dataset
 from finetune.stores.archive import ArchiveLimits, unpack_archive
 from finetune.stores.location import Location
+from finetune.stores.records import DatasetRecord, SkippedFile
 
 RECORD_FILE = "dataset.json"
 DELETING_FILE = ".deleting"
@@ -32,15 +33,15 @@ class DatasetStore:
         with self.location.publishing(dataset_id, cache_dir=self.cache_dir, record_file=RECORD_FILE) as staging:
             unpack_archive(archive_path, staging / IMAGES, limits=self.limits)
             scan = scan_dataset(staging / IMAGES, probe=True, max_pixels=self.max_pixels)
-            record = {
-                "id": dataset_id,
-                "name": name or dataset_id,
-                "classes": scan.classes,
-                "counts": scan.counts,
-                "num_images": len(scan.files),
-                "skipped": [{"path": item.path, "reason": item.reason} for item in scan.skipped],
-                "created_at": now_iso(),
-            }
+            record = DatasetRecord(
+                id=dataset_id,
+                name=name or dataset_id,
+                classes=scan.classes,
+                counts=scan.counts,
+                num_images=len(scan.files),
+                skipped=[SkippedFile(path=item.path, reason=item.reason) for item in scan.skipped],
+                created_at=now_iso(),
+            ).to_json()
             (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
         return record
 

@@ -13,9 +13,10 @@ from datetime import datetime
 import redis
 
 from finetune.errors import BrokerUnavailable, Conflict, NotFound
-from finetune.ids import check_id, new_id, now_iso
+from finetune.ids import check_id, now_iso
 from finetune.ml.spec import JobSpec
 from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
+from finetune.stores.records import JobRecord
 
 INDEX_KEY = "finetune:jobs"
 
@@ -25,29 +26,7 @@ def job_key(job_id: str) -> str:
 
 
 def new_job_record(spec: JobSpec) -> dict:
-    return {
-        "id": new_id(),
-        "status": JobStatus.QUEUED,
-        "spec": spec.model_dump(),
-        "dataset_id": spec.dataset_id,
-        "phase": None,
-        "epoch": 0,
-        "epochs": 0,
-        "batch": 0,
-        "batches": 0,
-        "progress": 0.0,
-        "metrics": None,
-        "history": [],
-        "eta_seconds": None,
-        "model_id": None,
-        "error": None,
-        "attempts": 0,
-        "worker": None,
-        "heartbeat_at": None,
-        "created_at": now_iso(),
-        "started_at": None,
-        "finished_at": None,
-    }
+    return JobRecord.new(spec.model_dump(), spec.dataset_id).to_json()
 
 
 def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 from finetune.errors import NotFound
 from finetune.ids import check_id, new_id, now_iso
 from finetune.stores.location import Location
+from finetune.stores.records import ModelManifest, SkippedFile
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
@@ -25,26 +26,26 @@ def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str
     import keras
     import tensorflow as tf
 
-    return {
-        "id": model_id,
-        "created_at": now_iso(),
-        "job_id": job_id,
-        "dataset_id": dataset_id,
-        "spec": result.spec.model_dump(),
-        "classes": result.classes,
-        "image_size": result.spec.image_size,
-        "backbone": result.spec.backbone,
-        "alpha": result.spec.effective_alpha,
-        "metrics": result.metrics,
-        "warmup_metrics": result.warmup_metrics,
-        "history": result.history,
-        "timings": result.timings,
-        "num_train": result.num_train,
-        "num_validation": result.num_validation,
-        "skipped": [{"path": item.path, "reason": item.reason} for item in result.skipped],
-        "model_file": MODEL_FILE,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-    }
+    return ModelManifest(
+        id=model_id,
+        created_at=now_iso(),
+        job_id=job_id,
+        dataset_id=dataset_id,
+        spec=result.spec.model_dump(),
+        classes=result.classes,
+        image_size=result.spec.image_size,
+        backbone=result.spec.backbone,
+        alpha=result.spec.effective_alpha,
+        metrics=result.metrics,
+        warmup_metrics=result.warmup_metrics,
+        history=result.history,
+        timings=result.timings,
+        num_train=result.num_train,
+        num_validation=result.num_validation,
+        skipped=[SkippedFile(path=item.path, reason=item.reason) for item in result.skipped],
+        model_file=MODEL_FILE,
+        versions={"tensorflow": tf.__version__, "keras": keras.__version__},
+    ).to_json()
 
 
 class ModelStore:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+import finetune.stores.models as models_module
 from finetune.errors import NotFound
 from finetune.stores.models import MANIFEST_FILE, MODEL_FILE, ModelStore
 
@@ -163,10 +164,14 @@ def test_a_save_failing_midway_leaves_nothing_behind(store, fake_result, monkeyp
 
 
 def test_a_save_failing_after_the_model_file_leaves_nothing_behind(store, fake_result, monkeypatch):
-    result = fake_result()
-    result.metrics = {"accuracy": object()}  # not JSON: fails after model.keras was written
-    with pytest.raises(TypeError):
-        store.save(result)
+    class FailingJson:
+        @staticmethod
+        def dumps(*args, **kwargs):
+            raise TypeError("the manifest could not be written")
+
+    monkeypatch.setattr(models_module, "json", FailingJson)  # fails after model.keras was written
+    with pytest.raises(TypeError, match="manifest could not be written"):
+        store.save(fake_result())
     assert store.list() == []
     assert entries(store) == []
 
