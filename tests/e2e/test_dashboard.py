@@ -83,6 +83,48 @@ def assert_fits_phone(page, name: str) -> None:
     assert overflow <= 1, f"{name}: the page is {overflow}px wider than a phone screen"
 
 
+NESTED = object()  # stands for a nested object of the spec: its checkbox (augmentation, finetune) is on
+
+
+def spec_leaves(value, path: str = ""):
+    """(dotted path, value) for each leaf of a job spec dict, and (path, NESTED) for each nested object."""
+    if isinstance(value, dict):
+        if path:
+            yield path, NESTED
+        for key, inner in value.items():
+            yield from spec_leaves(inner, f"{path}.{key}" if path else key)
+    else:
+        yield path, value
+
+
+def assert_form_shows_spec_defaults(page) -> None:
+    """Each field of the job form starts at the API's own default (the form reads them from /openapi.json)."""
+    from app.schemas import JobCreate
+
+    defaults = JobCreate(dataset_id="x").model_dump(mode="json", exclude={"dataset_id"})
+    shown = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#job-form [data-path]')]
+                    .map((el) => [el.dataset.path, el.type === 'checkbox' ? el.checked : el.value]))"""
+    )
+    compared, wrong = [], {}
+    for path, default in spec_leaves(defaults):
+        if default is None or path not in shown:  # null (alpha, unfreeze_from): the backbone's own choice
+            continue
+        value = shown[path]
+        if default is NESTED or isinstance(default, bool):
+            ok = value is (True if default is NESTED else default)
+        elif isinstance(default, (int, float)):
+            ok = float(value) == default
+        else:
+            ok = value == default
+        compared.append(path)
+        if not ok:
+            wrong[path] = (value, default)
+    assert not wrong, f"form value != API default: {wrong}"
+    assert len(compared) >= 20, compared  # every field of the spec but dataset_id, alpha and unfreeze_from
+    assert shown.get("alpha") == "", "alpha starts unset"
+
+
 def test_dashboard_end_to_end(live_service, browser, tmp_path):
     from playwright.sync_api import expect
 
@@ -159,6 +201,7 @@ def test_dashboard_end_to_end(live_service, browser, tmp_path):
         expect(page.locator("#job-warmup-epochs")).to_have_value("25")
         expect(page.locator("#job-finetune-epochs")).to_have_value("100")
         expect(page.locator("#job-alpha")).to_be_hidden()
+        assert_form_shows_spec_defaults(page)
 
         page.select_option("#job-backbone", "mobilenet")
         expect(page.locator("#job-alpha")).to_be_visible()

@@ -2,6 +2,7 @@
 
 import { api, items, readEvents } from "../api.js";
 import { trainingCurves } from "../charts.js";
+import { enumValues, openapi } from "../schema.js";
 import {
   DASH,
   FINAL_STATUSES,
@@ -24,7 +25,6 @@ import {
 } from "../ui.js";
 
 const POLL_MS = 2000;
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 function sleep(ms, signal) {
   return new Promise((resolve) => {
@@ -66,12 +66,13 @@ function etaText(job) {
 // ---------------------------------------------------------------- the list
 
 export async function jobsPage(root, ctx, _params, query) {
-  const statusFilter = STATUSES.includes(query.get("status")) ? query.get("status") : "";
+  const statuses = enumValues(await openapi(), "JobStatus"); // the API's JobStatus, in its order
+  const statusFilter = statuses.includes(query.get("status")) ? query.get("status") : "";
   const filter = h(
     "select",
     { id: "jobs-status-filter", "data-testid": "jobs-status-filter" },
     h("option", { value: "" }, "All"),
-    STATUSES.map((s) => h("option", { value: s, selected: s === statusFilter }, s)),
+    statuses.map((s) => h("option", { value: s, selected: s === statusFilter }, s)),
   );
   filter.addEventListener("change", () => {
     location.hash = filter.value ? `#/jobs?status=${filter.value}` : "#/jobs";
