@@ -16,7 +16,7 @@ from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import AppMetrics
 from app.queue import make_enqueue
-from app.routers import backbones, datasets, health, jobs, models, predict
+from app.routers import aliases, backbones, datasets, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.errors import NotFound
 from finetune.execution.reaper import start_reaper
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
         datasets.router,
         jobs.router,
         models.router,
+        aliases.router,
         predict.router,
         backbones.router,
         health.metrics_router,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from finetune.ml.spec import JobSpec
-from finetune.stores.records import DatasetRecord, JobRecord, ModelManifest
+from finetune.stores.records import AliasRecord, DatasetRecord, JobRecord, ModelManifest
 
 T = TypeVar("T")
 
@@ -82,6 +82,14 @@ class ModelSummary(BaseModel):
     image_size: int
     backbone: str
     accuracy: float | None = None
+
+
+class AliasPublic(AliasRecord):
+    """An alias: the model it points to now, and every model it pointed to before (oldest first)."""
+
+
+class AliasSet(BaseModel):
+    model_id: str = Field(min_length=1, max_length=128, description="a model id, or another alias's name")
 
 
 class ModelPublic(ModelManifest):

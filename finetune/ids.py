@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 from finetune.errors import NotFound
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# An alias: a stable name for a model (`production`, `default`).
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
+ALIAS_NAME = re.compile(ALIAS_PATTERN)
 
 
 def new_id() -> str:

@@ -14,7 +14,7 @@ from finetune.states import ACTIVE_STATUSES, JobStatus
 from finetune.stores.archive import ArchiveLimits
 from finetune.stores.datasets import DatasetStore
 from finetune.stores.jobs import JobStore
-from finetune.stores.models import ModelStore
+from finetune.stores.models import MANIFEST_FILE, ModelStore
 
 Enqueue = Callable[[str], None]
 
@@ -98,6 +98,22 @@ class Service:
         if job.get("model_id"):
             raise NotFound(f"model {job_id!r} not found; job {job_id!r} produced model {job['model_id']!r}")
 
-    def delete_model(self, model_id: str) -> None:
+    def delete_model(self, model_id: str, *, force: bool = False) -> None:
+        """Delete a model; 409 while aliases point to it, unless `force` (then those aliases go too)."""
+        self.models.get(model_id)
+        aliases = self.models.aliases.pointing_to(model_id)
+        if aliases and not force:
+            raise Conflict(
+                f"model {model_id!r} is the target of alias(es) {', '.join(aliases)}: move or delete them first, "
+                "or delete with ?force=true"
+            )
+        for name in aliases:
+            self.models.aliases.delete(name)
         self.models.delete(model_id)
         self.predictors.evict(model_id)
+
+    def set_alias(self, name: str, ref: str) -> dict:
+        """Point alias `name` at the model `ref` names (a model id or another alias)."""
+        if self.models.location.exists(name, MANIFEST_FILE):
+            raise Conflict(f"{name!r} is a model id; an alias must not shadow a model")
+        return self.models.aliases.set(name, self.models.resolve(ref)["id"])

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+import functools
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
@@ -34,7 +37,15 @@ async def download_model(model_id: str, service: ServiceDep):
     return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}.keras")
 
 
-@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_model(model_id: str, service: ServiceDep):
-    await run_in_threadpool(service.delete_model, model_id)
+@router.delete(
+    "/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"description": "unknown model"}, 409: {"description": "aliases point to it"}},
+)
+async def delete_model(
+    model_id: str,
+    service: ServiceDep,
+    force: Annotated[bool, Query(description="also delete the aliases that point to it")] = False,
+):
+    await run_in_threadpool(functools.partial(service.delete_model, model_id, force=force))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -31,7 +31,9 @@ async def predict(
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[list[UploadFile], File(description="one or more images")],
-    model_id: Annotated[str | None, Form(description="default: the newest model")] = None,
+    model_id: Annotated[
+        str | None, Form(description="a model id or an alias; default: the alias `default`, else the newest model")
+    ] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ):
     if len(file) > settings.max_predict_files:

@@ -23,11 +23,13 @@ from finetune.ids import now_iso
 from finetune.ml.spec import JobSpec
 from finetune.settings import Settings, get_settings
 from finetune.states import FINAL_STATUSES, JobStatus, Phase
+from finetune.stores.aliases import AliasStore, publish
 from finetune.stores.archive import ArchiveLimits
 from finetune.stores.datasets import DatasetStore
 from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
 from finetune.stores.location import is_remote
 from finetune.stores.models import ModelStore
+from finetune.stores.records import Publication
 
 log = logging.getLogger("finetune.execution.runner")
 BATCH_REPORT_INTERVAL_S = 0.5
@@ -194,6 +196,7 @@ def _train_and_save(jobs: JobStore, record: dict, settings: Settings) -> str:
         shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
         raise
     last_epoch = result.history[-1] if result.history else None
+    publication = _publish(spec, manifest, settings)
     _finish(
         jobs,
         job_id,
@@ -203,8 +206,26 @@ def _train_and_save(jobs: JobStore, record: dict, settings: Settings) -> str:
         phase=None,
         metrics=last_epoch,
         history=result.history,
+        publication=publication,
     )
     return JobStatus.SUCCEEDED
+
+
+def _publish(spec: JobSpec, manifest: dict, settings: Settings) -> dict | None:
+    """The spec's promotion gate, after the model is saved: the alias moves or the record says why not."""
+    if spec.publish is None:
+        return None
+    gate = spec.publish
+    try:
+        publication = publish(
+            AliasStore(settings.model_dir), manifest, alias=gate.alias, min_accuracy=gate.min_accuracy
+        )
+    except Exception as error:  # the model is saved: the job succeeded, its promotion did not
+        log.exception("job %s: could not move alias %r", manifest.get("job_id"), gate.alias)
+        reason = f"could not move the alias: {type(error).__name__}: {error}"
+        publication = Publication(alias=gate.alias, published=False, reason=reason, min_accuracy=gate.min_accuracy)
+    log.info("job %s: %s", manifest.get("job_id"), publication)
+    return publication.model_dump(mode="json")
 
 
 def _cancellation(jobs: JobStore, job_id: str, started_at: str, time_limit_s: int) -> Callable[[], bool]:

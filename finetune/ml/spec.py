@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from finetune.ids import ALIAS_PATTERN
 from finetune.ml.backbones import BACKBONES, get_backbone, resolve_unfreeze_from
 
 BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
@@ -125,8 +126,19 @@ class TrainingSpec(StrictModel):
         return self.warmup.epochs + (self.finetune.epochs if self.finetune else 0)
 
 
+class PublishSpec(BaseModel):
+    """Move an alias to the job's model when it succeeds with at least `min_accuracy` (on its test
+    split when it has one, else on the held-out validation split); otherwise the alias stays put."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(pattern=ALIAS_PATTERN, description="the alias to move, e.g. `production`")
+    min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0, description="the promotion gate")
+
+
 class JobSpec(TrainingSpec):
     dataset_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    publish: PublishSpec | None = Field(default=None, description="promote the model under an alias when it passes")
 
     @field_validator("dataset_id")
     @classmethod
@@ -136,4 +148,4 @@ class JobSpec(TrainingSpec):
         return dataset_id
 
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec.model_validate(self.model_dump(exclude={"dataset_id"}))
+        return TrainingSpec.model_validate(self.model_dump(exclude={"dataset_id", "publish"}))

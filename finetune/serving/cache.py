@@ -39,8 +39,9 @@ class PredictorCache:
     """Loaded models, least recently used evicted beyond `size`. Each model loads once even
     when several requests ask for it at the same moment.
 
-    The store is asked again (the manifest read, the newest model looked up) at most every
-    `revalidate_s` per model id: `fresh` answers from memory in between, so a busy /predict skips
+    The store is asked again (the alias and the manifest read, the newest model looked up) at most
+    every `revalidate_s` per reference (model id, alias, or None for the default): a moved alias is
+    followed within that time, and `fresh` answers from memory in between, so a busy /predict skips
     a thread hop and a file (or object-store) read per request. A model deleted through this
     process is evicted at once; one deleted by another API process is served at most that long.
     `clock` is injectable so tests can age the confirmations without patching the standard library.
@@ -60,13 +61,13 @@ class PredictorCache:
         self._served: OrderedDict[str, ServedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
-        self._confirmed: dict[str | None, tuple[str, float]] = {}  # asked-for id (None: newest) -> (id, when)
+        self._confirmed: dict[str | None, tuple[str, float]] = {}  # asked-for ref (id, alias, None) -> (id, when)
 
-    def fresh(self, model_id: str | None) -> ServedModel | None:
-        """The loaded model for `model_id` (None: the newest) if the store confirmed it within
+    def fresh(self, ref: str | None) -> ServedModel | None:
+        """The loaded model `ref` names (a model id or an alias; None: the default) if the store confirmed it within
         `revalidate_s`; None otherwise (then call `get`). Touches no file: safe on an event loop."""
         with self._lock:
-            confirmed = self._confirmed.get(model_id)
+            confirmed = self._confirmed.get(ref)
             if confirmed is None or self.clock() - confirmed[1] > self.revalidate_s:
                 return None
             served = self._served.get(confirmed[0])
@@ -74,11 +75,11 @@ class PredictorCache:
                 self._served.move_to_end(confirmed[0])
             return served
 
-    def get(self, model_id: str | None) -> ServedModel:
-        manifest = self.store.get(model_id) if model_id else self.store.newest()
+    def get(self, ref: str | None) -> ServedModel:
+        manifest = self.store.resolve(ref)
         served = self._load(manifest)
         with self._lock:
-            self._confirmed[model_id] = (served.model_id, self.clock())
+            self._confirmed[ref] = (served.model_id, self.clock())
         return served
 
     def _load(self, manifest: dict) -> ServedModel:

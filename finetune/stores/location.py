@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,11 +44,19 @@ class Location:
         """Locally: temporary name then rename. Object stores write a whole object at once."""
         target = self.path(*parts)
         if self.is_local:
-            temporary = f"{target}.tmp-{os.getpid()}"
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            temporary = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
             Path(temporary).write_text(text)
             os.replace(temporary, target)
         else:
             self.fs.pipe_file(target, text.encode())
+
+    def remove(self, *parts: str) -> None:
+        """Delete one file; a missing one is not an error."""
+        try:
+            self.fs.rm_file(self.path(*parts))
+        except FileNotFoundError:
+            pass
 
     def children(self) -> list[str]:
         if not self.fs.exists(self.root):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from finetune.errors import NotFound
 from finetune.ids import check_id, new_id, now_iso
+from finetune.stores.aliases import DEFAULT_ALIAS, AliasStore
 from finetune.stores.location import Location
 from finetune.stores.records import ModelManifest, SkippedFile
 
@@ -51,6 +52,7 @@ def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str
 class ModelStore:
     def __init__(self, url: str | Path, *, cache_dir: str | Path | None = None):
         self.location = Location(str(url))
+        self.aliases = AliasStore(url)
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "models"
         if self.location.is_local:
             Path(self.location.root).mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,19 @@ class ModelStore:
         if not models:
             raise NotFound("no model has been trained yet")
         return models[0]
+
+    def resolve(self, ref: str | None) -> dict:
+        """The manifest of the model `ref` names: an alias name or a model id (an alias wins over an id
+        of the same spelling). No `ref`: the model the alias `default` points to, else the newest model."""
+        alias = self.aliases.find(ref or DEFAULT_ALIAS)
+        if alias is not None:
+            try:
+                return self.get(alias["model_id"])
+            except NotFound:
+                raise NotFound(
+                    f"alias {alias['name']!r} points to model {alias['model_id']!r}, which is gone"
+                ) from None
+        return self.get(ref) if ref else self.newest()
 
     def model_file(self, model_id: str) -> Path:
         """A local path of the model file, downloaded into the cache when the store is remote."""

@@ -17,7 +17,9 @@ from finetune.ids import new_id, now_iso
 from finetune.states import JobStatus, Phase
 
 
-class _Record(BaseModel):
+class Record(BaseModel):
+    """A stored record."""
+
     def to_json(self) -> dict:
         """The record as stored: plain JSON types (statuses as their strings)."""
         return self.model_dump(mode="json")
@@ -33,7 +35,18 @@ class JobError(BaseModel):
     message: str
 
 
-class JobRecord(_Record):
+class Publication(BaseModel):
+    """What a job's `publish` did: the alias moved to its model, or why not."""
+
+    alias: str
+    published: bool
+    reason: str | None = None
+    accuracy: float | None = None
+    min_accuracy: float
+    split: str = Field(default="validation", description="the split the accuracy was measured on")
+
+
+class JobRecord(Record):
     """A job as Redis keeps it and `GET /jobs/{id}` shows it."""
 
     id: str
@@ -51,6 +64,7 @@ class JobRecord(_Record):
     eta_seconds: float | None = None
     model_id: str | None = None
     error: JobError | None = None
+    publication: Publication | None = Field(default=None, description="what the spec's `publish` did")
     attempts: int = 0
     worker: str | None = Field(default=None, description="host:pid of the job process running it")
     heartbeat_at: float | None = None
@@ -63,7 +77,7 @@ class JobRecord(_Record):
         return cls(id=new_id(), status=JobStatus.QUEUED, spec=spec, dataset_id=dataset_id, created_at=now_iso())
 
 
-class DatasetRecord(_Record):
+class DatasetRecord(Record):
     """An uploaded dataset (`dataset.json`)."""
 
     id: str
@@ -75,7 +89,7 @@ class DatasetRecord(_Record):
     created_at: str
 
 
-class ModelManifest(_Record):
+class ModelManifest(Record):
     """A saved model's record (`manifest.json`). Open: sections added later (exports, aliases' history)
     are kept as they are."""
 
@@ -99,3 +113,36 @@ class ModelManifest(_Record):
     skipped: list[SkippedFile] = Field(default_factory=list)
     model_file: str = "model.keras"
     versions: dict[str, str] = Field(default_factory=dict)
+
+
+class AliasChange(BaseModel):
+    """One period of an alias: the model it pointed to, from when, until when (None: still)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model_id: str
+    from_: str = Field(alias="from")
+    to: str | None = None
+
+
+class AliasRecord(Record):
+    """An alias as stored and as `GET /aliases/{name}` shows it; `history` is oldest first."""
+
+    name: str
+    model_id: str
+    updated_at: str
+    history: list[AliasChange]
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def moved_to(self, model_id: str) -> AliasRecord:
+        now = now_iso()
+        history = [*self.history[:-1], self.history[-1].model_copy(update={"to": now})] if self.history else []
+        history.append(AliasChange(model_id=model_id, from_=now))
+        return AliasRecord(name=self.name, model_id=model_id, updated_at=now, history=history)
+
+    @property
+    def previous_model_id(self) -> str | None:
+        """The model this alias pointed to before its current one."""
+        return self.history[-2].model_id if len(self.history) >= 2 else None

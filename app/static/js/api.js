@@ -149,6 +149,7 @@ export async function request(path, { method = "GET", json, body, headers, signa
 export const api = {
   get: (path, opts) => request(path, opts),
   post: (path, json, opts) => request(path, { ...opts, method: "POST", json }),
+  put: (path, json, opts) => request(path, { ...opts, method: "PUT", json }),
   postForm: (path, form, opts) => request(path, { ...opts, method: "POST", body: form }),
   del: (path, opts) => request(path, { ...opts, method: "DELETE" }),
 };

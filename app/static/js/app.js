@@ -35,6 +35,10 @@ function newContext() {
     get active() {
       return !controller.signal.aborted;
     },
+    /** Draw the current page again (after a change it made, e.g. an alias moved). */
+    reload() {
+      render();
+    },
   };
 }
 

@@ -76,6 +76,12 @@ export class Fields {
     return this.#field(path, label, input, hint, { rule });
   }
 
+  /** A text input for a schema string property: its pattern and length bounds as the browser's check. */
+  text(path, label, schema, { placeholder, hint } = {}) {
+    const input = h("input", { type: "text", pattern: schema.pattern, maxlength: schema.maxLength, placeholder, autocomplete: "off" });
+    return this.#field(path, label, input, hint);
+  }
+
   /** A select; options are values or [value, text] pairs. */
   select(path, label, options, value, hint) {
     const input = h("select", {}, selectOptions(options, value));

@@ -64,6 +64,7 @@ function layout(fields, parts, datasetPicker) {
     section("Augmentation", ...parts.augmentation),
     section("Phase 1: warmup (backbone frozen)", grid(parts.warmup)),
     section("Phase 2: finetune", ...parts.finetune),
+    section("Publish", ...parts.publish),
     h(
       "div",
       { class: "actions" },

@@ -80,7 +80,19 @@ export class JobSpecForm {
       augmentation: this.#augmentationParts(),
       warmup: this.#phaseFields("warmup"),
       finetune: this.#finetuneParts(),
+      publish: this.#publishParts(),
     };
+  }
+
+  #publishParts() {
+    const params = h(
+      "fieldset",
+      { class: "grid-3", id: "publish-params", "data-testid": "publish-params" },
+      h("legend", { class: "visually-hidden" }, "Publish parameters"),
+      this.fields.text("publish.alias", "Alias", this.schema("publish.alias"), { placeholder: "production", hint: "Lower-case letters, digits, - and _." }),
+      this.number("publish.min_accuracy", "Minimum accuracy", { step: FRACTION_STEP, hint: "On the held-out split." }),
+    );
+    return [this.toggle("publish", "Publish the model under an alias when it reaches the minimum accuracy", params), params];
   }
 
   #dataFields() {
@@ -208,8 +220,15 @@ export class JobSpecForm {
       augmentation: f.input("augmentation").checked ? this.#readAugmentation(errors) : null,
       warmup: this.#readPhase("warmup", errors),
       finetune: f.input("finetune").checked ? this.#readFinetune(errors) : null,
+      publish: f.input("publish").checked ? this.#readPublish(errors) : null,
     };
     return { spec, errors };
+  }
+
+  #readPublish(errors) {
+    const input = this.fields.input("publish.alias");
+    if (!input.value || !input.checkValidity()) errors.push({ path: "publish.alias", message: "Give an alias: lower-case letters, digits, - and _, starting with a letter." });
+    return { alias: input.value, min_accuracy: this.fields.readNumber("publish.min_accuracy", errors) };
   }
 
   #readAugmentation(errors) {

@@ -2,6 +2,7 @@
 
 import { api, items, request } from "../api.js";
 import { trainingCurves } from "../charts.js";
+import { aliasBadges, aliasPanel, loadAliases } from "./aliases.js";
 import {
   DASH,
   confirmDialog,
@@ -42,7 +43,7 @@ function accuracyOf(metrics) {
 
 export async function modelsPage(root, ctx) {
   root.append(pageTitle("Models", "models-title"));
-  const models = items(await api.get("models", { signal: ctx.signal }));
+  const [models, aliases] = await Promise.all([items(await api.get("models", { signal: ctx.signal })), loadAliases(ctx.signal)]);
   models.sort((a, b) => String(b.created_at || "").localeCompare(String(a.created_at || "")));
   if (!models.length) {
     root.append(
@@ -55,9 +56,10 @@ export async function modelsPage(root, ctx) {
       "section",
       { class: "card" },
       table(
-        ["Model", "Backbone", "Classes", "Image size", "Accuracy", "Created", "Job"],
+        ["Model", "Aliases", "Backbone", "Classes", "Image size", "Accuracy", "Created", "Job"],
         models.map((m) => [
           h("a", { href: `#/models/${encodeURIComponent(m.id)}`, "data-testid": "model-link" }, h("code", {}, shortId(m.id))),
+          aliasBadges(m.id, aliases),
           backboneText(m),
           Array.isArray(m.classes) ? `${m.classes.length}: ${m.classes.slice(0, 6).join(", ")}${m.classes.length > 6 ? ", …" : ""}` : DASH,
           m.image_size ? `${m.image_size} px` : DASH,
@@ -76,7 +78,7 @@ export async function modelsPage(root, ctx) {
 export async function modelPage(root, ctx, [id]) {
   const title = pageTitle(`Model ${shortId(id)}`, "model-title");
   root.append(title);
-  const m = await api.get(`models/${encodeURIComponent(id)}`, { signal: ctx.signal });
+  const [m, aliases] = await Promise.all([api.get(`models/${encodeURIComponent(id)}`, { signal: ctx.signal }), loadAliases(ctx.signal)]);
   const classes = Array.isArray(m.classes) ? m.classes : [];
   const timings = m.timings || {};
   const ips = timings.images_per_s || {};
@@ -85,11 +87,13 @@ export async function modelPage(root, ctx, [id]) {
   const deleteBtn = h("button", { type: "button", class: "btn btn-danger", id: "model-delete", "data-testid": "model-delete" }, "Delete model");
   downloadBtn.addEventListener("click", () => download(m, downloadBtn));
   deleteBtn.addEventListener("click", async () => {
-    const ok = await confirmDialog(`Delete model ${m.id}? Its files are removed from the store.`, { confirmLabel: "Delete", danger: true });
+    const pointing = aliases.filter((a) => a.model_id === m.id).map((a) => a.name);
+    const also = pointing.length ? ` The aliases ${pointing.join(", ")} that point to it are deleted too.` : "";
+    const ok = await confirmDialog(`Delete model ${m.id}? Its files are removed from the store.${also}`, { confirmLabel: "Delete", danger: true });
     if (!ok) return;
     deleteBtn.disabled = true;
     try {
-      await api.del(`models/${encodeURIComponent(m.id)}`);
+      await api.del(`models/${encodeURIComponent(m.id)}${pointing.length ? "?force=true" : ""}`);
       notify(`Deleted model ${m.id}.`, "success");
       location.hash = "#/models";
     } catch (err) {
@@ -105,6 +109,7 @@ export async function modelPage(root, ctx, [id]) {
       { class: "card", "data-testid": "model-summary" },
       dl([
         ["Id", h("code", {}, m.id)],
+        ["Aliases", aliasBadges(m.id, aliases)],
         ["Created", fmtDate(m.created_at)],
         ["Backbone", backboneText(m)],
         ["Image size", m.image_size ? `${m.image_size} px` : DASH],
@@ -116,6 +121,7 @@ export async function modelPage(root, ctx, [id]) {
       ]),
       h("div", { class: "actions" }, downloadBtn, deleteBtn),
     ),
+    aliasPanel(m, aliases, () => ctx.reload()),
     tryIt(ctx, m),
     h(
       "section",
