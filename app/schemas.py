@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from finetune.ml.spec import JobSpec
 from finetune.stores.records import AliasRecord, DatasetRecord, JobRecord, ModelManifest
@@ -92,6 +92,45 @@ class AliasSet(BaseModel):
     model_id: str = Field(min_length=1, max_length=128, description="a model id, or another alias's name")
 
 
+class ThresholdsUpdate(BaseModel):
+    """Either a target precision (each class gets the lowest threshold reaching it on the held-out split)
+    or explicit per-class thresholds (null: that class never abstains)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_precision: float | None = Field(default=None, gt=0.0, le=1.0)
+    values: dict[str, float | None] | None = Field(default=None, description="class -> threshold in [0, 1]")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ThresholdsUpdate:
+        if (self.target_precision is None) == (self.values is None):
+            raise ValueError("give exactly one of target_precision and values")
+        if any(v is not None and not 0.0 <= v <= 1.0 for v in (self.values or {}).values()):
+            raise ValueError("thresholds must be between 0 and 1")
+        return self
+
+
+class ClassThreshold(BaseModel):
+    threshold: float | None
+    precision: float | None = Field(description="held-out precision at the threshold (one class against the rest)")
+    recall: float | None
+    reason: str | None = None
+
+
+class ThresholdsPublic(BaseModel):
+    target_precision: float | None
+    per_class: dict[str, ClassThreshold]
+
+
+class EvaluationSample(BaseModel):
+    file: str | None = Field(description="the image's path in the dataset")
+    true: str
+    predicted: str
+    probability: float = Field(description="of the predicted class")
+    probabilities: list[float] = Field(description="per class, in the model's class order")
+    url: str | None = Field(description="the image, through GET /datasets/{id}/files/...")
+
+
 class ModelPublic(ModelManifest):
     """The model's manifest."""
 
@@ -103,7 +142,9 @@ class Prediction(BaseModel):
 
 class ImagePredictions(BaseModel):
     filename: str
-    predictions: list[Prediction]
+    label: str | None = Field(description="the top-1 class, or null when the model abstains (below its threshold)")
+    abstained: bool
+    predictions: list[Prediction] = Field(description="the top-k classes, most probable first")
 
 
 class PredictResponse(BaseModel):
@@ -118,6 +159,8 @@ class PredictResponse(BaseModel):
                     "results": [
                         {
                             "filename": "cat.jpg",
+                            "label": "cats",
+                            "abstained": False,
                             "predictions": [
                                 {"label": "cats", "probability": 0.97},
                                 {"label": "dogs", "probability": 0.03},

@@ -118,7 +118,7 @@ def command_predict(args) -> int:
     predictor = Predictor(folder / MODEL_FILE, manifest)
     try:
         images = [ImageInput(name=str(path), data=Path(path).read_bytes()) for path in args.images]
-        results = predictor.predict(images, top_k=args.top_k)
+        results = predictor.predict(images, top_k=args.top_k, threshold=args.threshold)
     except (OSError, DomainError) as error:
         print(f"error: {getattr(error, 'message', error)}", file=sys.stderr)
         return 1
@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("model", help="a model folder (holding manifest.json and model.keras)")
     predict_parser.add_argument("images", nargs="+")
     predict_parser.add_argument("--top-k", type=int, default=5)
+    predict_parser.add_argument(
+        "--threshold", type=float, default=None, help="abstain (label null) below this top-1 probability"
+    )
     predict_parser.set_defaults(run=command_predict)
 
     layers_parser = commands.add_parser("layers", help="list a backbone's layers, to choose unfreeze_from")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
-from finetune.errors import BrokerUnavailable, Conflict, NotFound
+import numpy as np
+
+from finetune.errors import BrokerUnavailable, Conflict, InvalidSpec, NotFound
 from finetune.ml.spec import JobSpec
+from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
 from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
 from finetune.settings import Settings
@@ -111,6 +115,46 @@ class Service:
             self.models.aliases.delete(name)
         self.models.delete(model_id)
         self.predictors.evict(model_id)
+
+    def set_thresholds(
+        self, model_id: str, *, target_precision: float | None = None, values: dict[str, float | None] | None = None
+    ) -> dict:
+        """Per-class thresholds from a target precision or explicit values, measured on the model's
+        held-out predictions and stored in its manifest; the served model follows within a second."""
+        manifest = self.models.get(model_id)
+        classes = manifest["classes"]
+        unknown = sorted(set(values or {}) - set(classes))
+        if unknown:
+            raise InvalidSpec(f"unknown class(es) {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
+        rows = self.models.held_out(model_id)
+        labels = np.array([classes.index(row["true"]) for row in rows], dtype=np.int64)
+        probabilities = np.array([row["probabilities"] for row in rows], dtype=np.float64).reshape(
+            len(rows), len(classes)
+        )
+        if target_precision is not None:
+            per_class = pick_thresholds(labels, probabilities, classes, target_precision=target_precision)
+        else:
+            per_class = measure_thresholds(labels, probabilities, classes, values or {})
+        thresholds = {"target_precision": target_precision, "per_class": per_class}
+        self.models.update_manifest(model_id, {"thresholds": thresholds})
+        return thresholds
+
+    def evaluation_samples(
+        self, model_id: str, *, true: str | None, predicted: str | None, limit: int, offset: int
+    ) -> tuple[list[dict], int]:
+        """The held-out images of one confusion-matrix cell (or row, or column), most confident first,
+        each with the URL of its file in the dataset; and how many there are in all."""
+        manifest = self.models.get(model_id)
+        rows = [
+            row
+            for row in self.models.held_out(model_id)
+            if (true is None or row["true"] == true) and (predicted is None or row["predicted"] == predicted)
+        ]
+        rows.sort(key=lambda row: row["probability"], reverse=True)
+        dataset = manifest.get("dataset_id")
+        for row in rows:
+            row["url"] = f"/datasets/{dataset}/files/{quote(row['file'])}" if dataset and row.get("file") else None
+        return rows[offset : offset + limit], len(rows)
 
     def set_alias(self, name: str, ref: str) -> dict:
         """Point alias `name` at the model `ref` names (a model id or another alias)."""

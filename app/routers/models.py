@@ -8,7 +8,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from app.deps import ServiceDep
-from app.schemas import ListPublic, ModelPublic, ModelSummary
+from app.schemas import (
+    EvaluationSample,
+    ListPublic,
+    ModelPublic,
+    ModelSummary,
+    ThresholdsPublic,
+    ThresholdsUpdate,
+)
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -35,6 +42,39 @@ async def get_model(model_id: str, service: ServiceDep):
 async def download_model(model_id: str, service: ServiceDep):
     path = await run_in_threadpool(service.models.model_file, model_id)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}.keras")
+
+
+@router.put(
+    "/{model_id}/thresholds",
+    response_model=ThresholdsPublic,
+    summary="Per-class thresholds below which /predict abstains",
+    responses={404: {"description": "unknown model, or none of its held-out predictions"}},
+)
+async def set_thresholds(model_id: str, body: ThresholdsUpdate, service: ServiceDep):
+    return await run_in_threadpool(
+        functools.partial(service.set_thresholds, model_id, target_precision=body.target_precision, values=body.values)
+    )
+
+
+@router.get(
+    "/{model_id}/evaluation/samples",
+    response_model=ListPublic[EvaluationSample],
+    summary="The held-out images behind a confusion-matrix cell, most confident first",
+)
+async def evaluation_samples(
+    model_id: str,
+    service: ServiceDep,
+    true: Annotated[str | None, Query(description="the true class")] = None,
+    predicted: Annotated[str | None, Query(description="the predicted class")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    data, count = await run_in_threadpool(
+        functools.partial(
+            service.evaluation_samples, model_id, true=true, predicted=predicted, limit=limit, offset=offset
+        )
+    )
+    return {"data": data, "count": count}
 
 
 @router.delete(

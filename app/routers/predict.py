@@ -35,6 +35,10 @@ async def predict(
         str | None, Form(description="a model id or an alias; default: the alias `default`, else the newest model")
     ] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
+    threshold: Annotated[
+        float | None,
+        Form(ge=0.0, le=1.0, description="abstain below this top-1 probability (overrides the model's thresholds)"),
+    ] = None,
 ):
     if len(file) > settings.max_predict_files:
         raise TooLarge(f"{len(file)} files in one request; the limit is {settings.max_predict_files}")
@@ -57,10 +61,8 @@ async def predict(
         raise
     probabilities = await batcher.predict(pixels, expected=True)
     request.app.state.metrics.predictions.inc(len(images))
+    names = [image.name for image in images]
     return {
         "model_id": predictor.model_id,
-        "results": [
-            {"filename": image.name, "predictions": predictions}
-            for image, predictions in zip(images, predictor.top_k(probabilities, top_k))
-        ],
+        "results": predictor.results(names, probabilities, top_k=top_k, threshold=threshold),
     }

@@ -9,6 +9,7 @@ import numpy as np
 
 from finetune.ml.backbones import get_backbone
 from finetune.ml.images import load_image
+from finetune.ml.thresholds import decide
 
 WARM_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -100,9 +101,27 @@ class Predictor:
             results.append([{"label": self.classes[i], "probability": float(row[i])} for i in order])
         return results
 
-    def predict(self, images: list[ImageInput], *, top_k: int = 5, max_pixels: int = 50_000_000) -> list[dict]:
-        pixels = np.stack([self.load_pixels(image, max_pixels=max_pixels) for image in images])
+    @property
+    def thresholds(self) -> dict[str, float | None]:
+        """The per-class thresholds of the manifest ({} when none were set: nothing abstains)."""
+        per_class = (self.manifest.get("thresholds") or {}).get("per_class") or {}
+        return {name: row.get("threshold") for name, row in per_class.items()}
+
+    def results(
+        self, names: list[str], probabilities: np.ndarray, *, top_k: int, threshold: float | None = None
+    ) -> list[dict]:
+        """Per image: `label` (its top-1 class, or None when it abstains: the top-1 probability below its
+        class's threshold, or below `threshold` for every class when given), `abstained`, the top-k list."""
+        labels = decide(probabilities, self.classes, self.thresholds, override=threshold)
         return [
-            {"filename": image.name, "predictions": predictions}
-            for image, predictions in zip(images, self.top_k(self.predict_pixels(pixels), top_k))
+            {"filename": name, "label": label, "abstained": label is None, "predictions": predictions}
+            for name, label, predictions in zip(names, labels, self.top_k(probabilities, top_k))
         ]
+
+    def predict(
+        self, images: list[ImageInput], *, top_k: int = 5, max_pixels: int = 50_000_000, threshold: float | None = None
+    ) -> list[dict]:
+        pixels = np.stack([self.load_pixels(image, max_pixels=max_pixels) for image in images])
+        return self.results(
+            [image.name for image in images], self.predict_pixels(pixels), top_k=top_k, threshold=threshold
+        )

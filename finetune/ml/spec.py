@@ -55,6 +55,14 @@ class FinetunePhaseSpec(PhaseSpec):
     )
 
 
+class ThresholdSpec(StrictModel):
+    """Per-class probability thresholds picked on the held-out split when the job ends: for each class the
+    lowest threshold whose held-out precision reaches `target_precision`. `/predict` then abstains
+    (label null) when the top class's probability is below its class's threshold."""
+
+    target_precision: float = Field(gt=0.0, le=1.0, description="e.g. 0.95")
+
+
 class TrainingSpec(StrictModel):
     """Everything about a training run except where its data comes from.
 
@@ -72,6 +80,9 @@ class TrainingSpec(StrictModel):
     augmentation: AugmentationSpec | None = AugmentationSpec()
     warmup: WarmupSpec = WarmupSpec()
     finetune: FinetunePhaseSpec | None = FinetunePhaseSpec()
+    thresholds: ThresholdSpec | None = Field(
+        default=None, description="pick per-class thresholds (abstaining predictions)"
+    )
 
     @field_validator("alpha")
     @classmethod

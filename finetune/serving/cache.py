@@ -87,6 +87,7 @@ class PredictorCache:
         with self._lock:
             if model_id in self._served:
                 self._served.move_to_end(model_id)
+                self._served[model_id].predictor.manifest = manifest  # e.g. thresholds set since it loaded
                 return self._served[model_id]
             loading = self._loading.setdefault(model_id, threading.Lock())
         with loading:

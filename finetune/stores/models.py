@@ -21,6 +21,7 @@ from finetune.stores.records import ModelManifest, SkippedFile
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
+PREDICTIONS_FILE = "predictions.jsonl"
 
 
 def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str | None) -> dict:
@@ -46,7 +47,31 @@ def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str
         skipped=[SkippedFile(path=item.path, reason=item.reason) for item in result.skipped],
         model_file=MODEL_FILE,
         versions={"tensorflow": tf.__version__, "keras": keras.__version__},
+        curves=getattr(result, "curves", None),
+        thresholds=getattr(result, "thresholds", None),
+        predictions_file=PREDICTIONS_FILE if getattr(result, "held_out", None) is not None else None,
     ).to_json()
+
+
+def held_out_lines(result) -> str:
+    """`predictions.jsonl`: one held-out image a line, `{file, true, predicted, probability, probabilities}`
+    (`probability`: of the predicted class), in the split's order."""
+    held_out, classes = result.held_out, result.classes
+    lines = []
+    for index, (label, row) in enumerate(zip(held_out.labels, held_out.probabilities)):
+        predicted = int(row.argmax())
+        lines.append(
+            json.dumps(
+                {
+                    "file": held_out.files[index] if held_out.files else None,
+                    "true": classes[int(label)],
+                    "predicted": classes[predicted],
+                    "probability": float(row[predicted]),
+                    "probabilities": [round(float(p), 6) for p in row],
+                }
+            )
+        )
+    return "\n".join(lines) + "\n"
 
 
 class ModelStore:
@@ -64,6 +89,8 @@ class ModelStore:
         manifest = build_manifest(result, model_id=model_id, job_id=job_id, dataset_id=dataset_id)
         with self.location.publishing(model_id, cache_dir=self.cache_dir, record_file=MANIFEST_FILE) as staging:
             result.model.save(staging / MODEL_FILE)
+            if manifest["predictions_file"]:
+                (staging / PREDICTIONS_FILE).write_text(held_out_lines(result))
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         return manifest
 
@@ -110,6 +137,20 @@ class ModelStore:
                     f"alias {alias['name']!r} points to model {alias['model_id']!r}, which is gone"
                 ) from None
         return self.get(ref) if ref else self.newest()
+
+    def held_out(self, model_id: str) -> list[dict]:
+        """The held-out images' rows of `predictions.jsonl`; NotFound for a model saved without them."""
+        manifest = self.get(model_id)
+        if not manifest.get("predictions_file"):
+            raise NotFound(f"model {model_id!r} has no held-out predictions (saved without them)")
+        text = self.location.read_text(model_id, manifest["predictions_file"])
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def update_manifest(self, model_id: str, changes: dict) -> dict:
+        """Rewrite the manifest with `changes` applied (atomically: a reader sees the old or the new one)."""
+        manifest = {**self.get(model_id), **changes}
+        self.location.write_text_atomic(json.dumps(manifest, indent=2), model_id, MANIFEST_FILE)
+        return manifest
 
     def model_file(self, model_id: str) -> Path:
         """A local path of the model file, downloaded into the cache when the store is remote."""

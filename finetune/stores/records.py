@@ -113,6 +113,13 @@ class ModelManifest(Record):
     skipped: list[SkippedFile] = Field(default_factory=list)
     model_file: str = "model.keras"
     versions: dict[str, str] = Field(default_factory=dict)
+    curves: dict[str, Any] | None = Field(
+        default=None, description="held-out PR curves, AP and ROC AUC per class, macro mAP, calibration (ECE)"
+    )
+    thresholds: dict[str, Any] | None = Field(
+        default=None, description="{target_precision, per_class: {class: {threshold, precision, recall}}}"
+    )
+    predictions_file: str | None = Field(default=None, description="every held-out image's label and probabilities")
 
 
 class AliasChange(BaseModel):

@@ -16,18 +16,30 @@ import tensorflow as tf
 from finetune.errors import JobCancelled
 from finetune.ml.backbones import get_backbone
 from finetune.ml.checkpoint import HEAD, MODEL, Checkpointer, Resumed, TrainingState
+from finetune.ml.curves import evaluation_curves
 from finetune.ml.devices import DevicePlan, apply_precision, detect_gpus, make_strategy, plan_devices
 from finetune.ml.evaluation import evaluate_predictions
 from finetune.ml.network import assemble, build_backbone, build_head, compile_for, unfreeze_from
 from finetune.ml.pipeline import RandomAffine, decode_dataset, make_dataset
 from finetune.ml.scan import Skipped, scan_dataset, stratified_split
 from finetune.ml.spec import PhaseSpec, TrainingSpec
+from finetune.ml.thresholds import pick_thresholds
 from finetune.ml.training.callbacks import CancelFn, PhaseCallback, ProgressEvent, ProgressFn, never, no_progress
 from finetune.ml.training.feeding import ImageFeeder, feature_stream, inference
 from finetune.ml.training.validation import Validation, validation_cut
 from finetune.states import Phase
 
 __all__ = ["ProgressEvent", "TrainResult", "train"]
+
+
+@dataclass
+class HeldOut:
+    """The held-out split's files (relative to the dataset folder), true labels and the final model's
+    probabilities: what the curves, thresholds and the misclassified-images view are computed from."""
+
+    files: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
 
 
 @dataclass
@@ -42,6 +54,9 @@ class TrainResult:
     skipped: list[Skipped] = field(default_factory=list)
     num_train: int = 0
     num_validation: int = 0
+    held_out: HeldOut | None = None
+    curves: dict | None = None  # finetune.ml.curves.evaluation_curves of `held_out`
+    thresholds: dict | None = None  # {target_precision, per_class} when the spec asks for thresholds
 
 
 @dataclass
@@ -54,6 +69,7 @@ class PreparedData:
     train_idx: np.ndarray
     val_idx: np.ndarray
     skipped: list[Skipped]
+    files: list[str] = field(default_factory=list)
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -128,7 +144,15 @@ def prepare_data(
         scan, size=spec.image_size, max_pixels=max_pixels, cache_dir=Path(cache_dir) if cache_dir else None
     )
     train_idx, val_idx = stratified_split(decoded.labels, validation_split=spec.validation_split, seed=spec.seed)
-    return PreparedData(decoded.scan.classes, decoded.pixels, decoded.labels, train_idx, val_idx, decoded.scan.skipped)
+    return PreparedData(
+        decoded.scan.classes,
+        decoded.pixels,
+        decoded.labels,
+        train_idx,
+        val_idx,
+        decoded.scan.skipped,
+        files=list(decoded.scan.files),
+    )
 
 
 def _jit_compile() -> bool | str:
@@ -168,6 +192,7 @@ class _Run:
             "images_per_s": {"warmup": None, "finetune": None},
         }
         self.validation: Validation | None = None
+        self.final_validation: Validation | None = None  # the one whose latest probabilities are the result's
 
     # --- build -----------------------------------------------------------------------------
 
@@ -218,6 +243,7 @@ class _Run:
             )
             validation = self.validation
         self.report(ProgressEvent(Phase.EVALUATING))
+        self.final_validation = validation
         self.state.warmup_metrics = evaluate_predictions(
             self.data.val_labels, validation.predicted_labels(), self.data.classes
         )
@@ -268,11 +294,13 @@ class _Run:
     def result(self, networks: Networks) -> TrainResult:
         """The final metrics on the held-out split (the warmup's when there is no finetune)."""
         data, state = self.data, self.state
-        if self.spec.finetune is None and state.warmup_metrics is not None:
+        if self.spec.finetune is None and state.warmup_metrics is not None and self.final_validation is not None:
             metrics = state.warmup_metrics
         else:
             self.report(ProgressEvent(Phase.EVALUATING))
+            self.final_validation = self.validation
             metrics = evaluate_predictions(data.val_labels, self.validation.predicted_labels(), data.classes)
+        held_out = self._held_out()
         return TrainResult(
             model=networks.model,
             spec=self.spec,
@@ -284,7 +312,27 @@ class _Run:
             skipped=data.skipped,
             num_train=len(data.train_idx),
             num_validation=len(data.val_idx),
+            held_out=held_out,
+            curves=evaluation_curves(held_out.labels, held_out.probabilities, data.classes) if held_out else None,
+            thresholds=self._thresholds(held_out),
         )
+
+    def _held_out(self) -> HeldOut | None:
+        validation, data = self.final_validation, self.data
+        if validation is None or not len(data.val_idx):
+            return None
+        validation.predicted_labels()  # runs the pass if the weights changed since the last one
+        files = [data.files[i] for i in data.val_idx] if data.files else []
+        return HeldOut(files, data.val_labels, np.asarray(validation.latest, dtype=np.float32))
+
+    def _thresholds(self, held_out: HeldOut | None) -> dict | None:
+        wanted = self.spec.thresholds
+        if wanted is None or held_out is None:
+            return None
+        per_class = pick_thresholds(
+            held_out.labels, held_out.probabilities, self.data.classes, target_precision=wanted.target_precision
+        )
+        return {"target_precision": wanted.target_precision, "per_class": per_class}
 
     # --- shared by both phases --------------------------------------------------------------
 
