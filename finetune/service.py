@@ -156,6 +156,12 @@ class Service:
             row["url"] = f"/datasets/{dataset}/files/{quote(row['file'])}" if dataset and row.get("file") else None
         return rows[offset : offset + limit], len(rows)
 
+    def explain(self, ref: str, image, *, class_name: str | None, max_pixels: int) -> tuple[bytes, str, float]:
+        """A Grad-CAM overlay of `image` (an ImageInput) by the model `ref` names."""
+        predictor = self.model_for_prediction(ref).predictor
+        pixels = predictor.load_pixels(image, max_pixels=max_pixels)
+        return predictor.explain(pixels, class_name)
+
     def set_alias(self, name: str, ref: str) -> dict:
         """Point alias `name` at the model `ref` names (a model id or another alias)."""
         if self.models.location.exists(name, MANIFEST_FILE):

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import functools
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.deps import ServiceDep
+from app.deps import ServiceDep, SettingsDep
 from app.schemas import (
     EvaluationSample,
     ListPublic,
@@ -16,6 +17,7 @@ from app.schemas import (
     ThresholdsPublic,
     ThresholdsUpdate,
 )
+from finetune.ml.predictor import ImageInput
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -75,6 +77,32 @@ async def evaluation_samples(
         )
     )
     return {"data": data, "count": count}
+
+
+@router.post(
+    "/{model_id}/explain",
+    response_class=Response,
+    summary="Where the model looked: a Grad-CAM heatmap over the image, as PNG",
+    responses={
+        200: {"content": {"image/png": {}}, "description": "headers X-Class and X-Probability name what is shown"},
+        404: {"description": "unknown model"},
+        415: {"description": "not an image"},
+        422: {"description": "unknown class"},
+    },
+)
+async def explain(
+    model_id: str,
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="one image")],
+    class_name: Annotated[str | None, Form(alias="class", description="default: the top class")] = None,
+):
+    image = ImageInput(name=file.filename or "image", data=await file.read())
+    png, explained, probability = await run_in_threadpool(
+        functools.partial(service.explain, model_id, image, class_name=class_name, max_pixels=settings.max_image_pixels)
+    )
+    headers = {"X-Class": quote(explained), "X-Probability": f"{probability:.6f}"}
+    return Response(png, media_type="image/png", headers=headers)
 
 
 @router.delete(

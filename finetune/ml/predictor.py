@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.errors import InvalidSpec
 from finetune.ml.backbones import get_backbone
 from finetune.ml.images import load_image
 from finetune.ml.thresholds import decide
@@ -68,6 +69,7 @@ class Predictor:
             return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
 
         self._forward = forward
+        self._gradcam = None
         self._concrete = None
 
     def warm_up(self) -> None:
@@ -100,6 +102,19 @@ class Predictor:
             order = np.argsort(row)[::-1][:k]
             results.append([{"label": self.classes[i], "probability": float(row[i])} for i in order])
         return results
+
+    def explain(self, pixels: np.ndarray, class_name: str | None = None) -> tuple[bytes, str, float]:
+        """A Grad-CAM overlay (PNG) of one image for `class_name` (default: its top class); the class
+        explained and its probability. The Grad-CAM function is traced once, on first use."""
+        from finetune.ml.explain import GradCam, overlay_png
+
+        if class_name is not None and class_name not in self.classes:
+            raise InvalidSpec(f"unknown class {class_name!r}; the model's classes are {', '.join(self.classes)}")
+        if self._gradcam is None:
+            self._gradcam = GradCam(self.model, self.manifest)
+        index = None if class_name is None else self.classes.index(class_name)
+        heatmap, index, probabilities = self._gradcam.explain(pixels, index)
+        return overlay_png(pixels, heatmap), self.classes[index], float(probabilities[index])
 
     @property
     def thresholds(self) -> dict[str, float | None]:

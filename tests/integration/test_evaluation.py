@@ -108,3 +108,19 @@ def test_thresholds_set_later_are_measured_and_followed_by_predict(client, model
         assert client.put(url, json=bad).status_code == 422, bad
     assert client.put(url, json={"values": {"wolf": 0.5}}).status_code == 422
     assert client.put("/models/0000000000000000/thresholds", json={"target_precision": 0.9}).status_code == 404
+
+
+def test_explain_returns_a_heatmap_png_of_the_image_or_a_clear_error(client, model):
+    from PIL import Image
+
+    url = f"/models/{model['id']}/explain"
+    response = client.post(url, files=[probe("red")])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png" and response.headers["x-class"] in CLASSES
+    assert 0.0 < float(response.headers["x-probability"]) <= 1.0
+    assert Image.open(io.BytesIO(response.content)).size == (model["image_size"], model["image_size"])
+    chosen = client.post(url, data={"class": "blue"}, files=[probe("red")])
+    assert chosen.status_code == 200 and chosen.headers["x-class"] == "blue"
+    assert client.post(url, data={"class": "wolf"}, files=[probe("red")]).status_code == 422
+    assert client.post(url, files=[("file", ("notes.txt", b"hello there", "text/plain"))]).status_code == 415
+    assert client.post("/models/0000000000000000/explain", files=[probe("red")]).status_code == 404
