@@ -3,6 +3,7 @@
 import { api, items, request } from "../api.js";
 import { trainingCurves } from "../charts.js";
 import { aliasBadges, aliasPanel, loadAliases } from "./aliases.js";
+import { cellImages, heatmapToggle, precisionRecall } from "./evaluation.js";
 import {
   DASH,
   confirmDialog,
@@ -81,6 +82,7 @@ export async function modelPage(root, ctx, [id]) {
   const [m, aliases] = await Promise.all([api.get(`models/${encodeURIComponent(id)}`, { signal: ctx.signal }), loadAliases(ctx.signal)]);
   const classes = Array.isArray(m.classes) ? m.classes : [];
   const timings = m.timings || {};
+  const cells = cellImages(ctx, m);
   const ips = timings.images_per_s || {};
 
   const downloadBtn = h("button", { type: "button", class: "btn", id: "model-download", "data-testid": "model-download" }, "Download model");
@@ -122,12 +124,14 @@ export async function modelPage(root, ctx, [id]) {
       h("div", { class: "actions" }, downloadBtn, deleteBtn),
     ),
     aliasPanel(m, aliases, () => ctx.reload()),
+    precisionRecall(ctx, m),
     tryIt(ctx, m),
+    cells.el,
     h(
       "section",
       { class: "card", "aria-labelledby": "final-eval-title" },
       h("h2", { id: "final-eval-title" }, "Final evaluation (validation split)"),
-      evaluation(m.metrics, classes, ""),
+      evaluation(m.metrics, classes, "", m.predictions_file ? cells.show : null),
     ),
     h(
       "section",
@@ -189,7 +193,7 @@ async function download(m, button) {
 
 // ---------------------------------------------------------------- reports and the confusion matrix
 
-function evaluation(metrics, classes, prefix) {
+function evaluation(metrics, classes, prefix, onCell = null) {
   if (!metrics || (!metrics.report && !metrics.confusion_matrix)) {
     return h("p", { class: "muted", "data-testid": `${prefix}evaluation-none` }, "No evaluation was recorded.");
   }
@@ -198,7 +202,7 @@ function evaluation(metrics, classes, prefix) {
     { class: "stack" },
     h("p", {}, "Accuracy: ", h("strong", { "data-testid": `${prefix}report-accuracy` }, fmtPct(accuracyOf(metrics)))),
     metrics.report ? reportTable(metrics.report, `${prefix}report`) : null,
-    metrics.confusion_matrix ? confusionMatrix(metrics.confusion_matrix, classes, `${prefix}confusion-matrix`) : null,
+    metrics.confusion_matrix ? confusionMatrix(metrics.confusion_matrix, classes, `${prefix}confusion-matrix`, onCell) : null,
   );
 }
 
@@ -213,7 +217,8 @@ function reportTable(report, testid) {
   return table(["Class", "Precision", "Recall", "F1", "Support"], rows, { caption: "Classification report", testid, responsive: false });
 }
 
-function confusionMatrix(matrix, classes, testid) {
+/** `onCell(true, predicted)`, when given, makes each cell a button that shows its images. */
+function confusionMatrix(matrix, classes, testid, onCell = null) {
   const labels = classes.length === matrix.length ? classes : matrix.map((_, i) => String(i));
   const max = Math.max(1, ...matrix.flat().map(Number));
   return h(
@@ -247,8 +252,12 @@ function confusionMatrix(matrix, classes, testid) {
                   style: `--share:${Math.round(share * 100)}%`,
                   title: `true ${labels[i]}, predicted ${labels[j]}: ${v}${total ? ` (${fmtPct(Number(v) / total)} of ${labels[i]})` : ""}`,
                   "data-testid": "matrix-cell",
+                  "data-true": labels[i],
+                  "data-predicted": labels[j],
                 },
-                String(v),
+                onCell && Number(v)
+                  ? h("button", { type: "button", class: "cell-button", "data-testid": "matrix-cell-button", onclick: () => onCell(labels[i], labels[j]) }, String(v))
+                  : String(v),
               );
             }),
           );
@@ -318,7 +327,7 @@ function tryIt(ctx, model) {
           const local = files[i];
           const url = local ? URL.createObjectURL(local) : null;
           if (url) urls.push(url);
-          return predictionCard(r, url);
+          return predictionCard(r, url, ctx, model.id, local);
         }),
       );
     } catch (err) {
@@ -350,12 +359,15 @@ function tryIt(ctx, model) {
   return h("section", { class: "card", "aria-labelledby": "try-title", "data-testid": "try-it" }, h("h2", { id: "try-title" }, "Try it"), form);
 }
 
-function predictionCard(result, url) {
+function predictionCard(result, url, ctx, modelId, file) {
   const predictions = result.predictions || [];
+  const img = url ? h("img", { src: url, alt: result.filename || "uploaded image" }) : null;
   return h(
     "figure",
     { class: "prediction", "data-testid": "prediction-result" },
-    url ? h("img", { src: url, alt: result.filename || "uploaded image" }) : null,
+    img,
+    result.abstained ? h("p", { class: "badge", "data-testid": "prediction-abstained" }, "Abstained: below the threshold") : null,
+    img && file ? heatmapToggle(ctx, modelId, img, async () => file, null) : null,
     h(
       "figcaption",
       {},
