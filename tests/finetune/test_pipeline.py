@@ -298,3 +298,53 @@ def test_the_training_stream_runs_without_tf_datas_autotuning_thread():
         data = make_dataset(pixels, labels, batch_size=4, preprocess=identity, augmentation=augmentation, epochs=3)
         assert data.options().autotune.enabled is False
         assert sum(len(batch_labels) for _, batch_labels in data.as_numpy_iterator()) == 18
+
+
+# --- input_scaling: what reaches the backbone, per backbone and option --------------------------
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_unit_input_scaling_is_pixels_over_255_for_every_backbone(backbone):
+    pixels = np.clip(gradient_images(2), 0, 255).astype(np.float32)
+    out = np.asarray(get_backbone(backbone).preprocess("unit")(tf.constant(pixels)))
+    np.testing.assert_allclose(out, pixels / 255.0, rtol=1e-6)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_backbone_input_scaling_is_the_backbones_own_preprocess_input(backbone):
+    module = get_backbone(backbone).module
+    assert get_backbone(backbone).preprocess("backbone") is getattr(keras.applications, module).preprocess_input
+    assert get_backbone(backbone).preprocess() is get_backbone(backbone).preprocess("backbone")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "low", "high"),
+    [("mobilenet", -1.0, 1.0), ("mobilenet_v2", -1.0, 1.0), ("efficientnet_b0", 0.0, 255.0)],
+)
+def test_backbone_input_scaling_ranges(backbone, low, high):
+    pixels = np.array([[[[0, 0, 0], [255, 255, 255]]]], np.float32)
+    out = np.asarray(get_backbone(backbone).preprocess("backbone")(tf.constant(pixels)))
+    np.testing.assert_allclose([out.min(), out.max()], [low, high], atol=1e-5)
+
+
+def test_vgg_backbone_input_scaling_is_caffe_mean_subtraction_not_a_rescaling():
+    pixels = np.full((1, 1, 1, 3), 255.0, np.float32)
+    out = np.asarray(get_backbone("vgg16").preprocess("backbone")(tf.constant(pixels)))
+    np.testing.assert_allclose(out[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], atol=1e-3)
+
+
+def test_an_unknown_input_scaling_is_refused():
+    with pytest.raises(ValueError, match="input_scaling"):
+        get_backbone("mobilenet").preprocess("imagenet")
+
+
+@pytest.mark.parametrize("scaling", ["backbone", "unit"])
+def test_the_augmented_stream_applies_the_chosen_scaling(scaling):
+    preprocess = get_backbone("mobilenet").preprocess(scaling)
+    pixels = np.clip(gradient_images(2), 0, 255).astype(np.uint8)
+    data = make_dataset(pixels, np.array([0, 1]), batch_size=2, preprocess=preprocess)
+    images, _ = next(data.as_numpy_iterator())
+    np.testing.assert_allclose(images, np.asarray(preprocess(pixels.astype(np.float32))), atol=1e-5)
+    out = RandomAffine(AugmentationSpec(**NO_AUGMENTATION), then=preprocess)(tf.constant(pixels), training=True)
+    np.testing.assert_allclose(out.numpy(), np.asarray(preprocess(pixels.astype(np.float32))), atol=1e-3)
