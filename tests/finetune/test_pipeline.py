@@ -348,3 +348,47 @@ def test_the_augmented_stream_applies_the_chosen_scaling(scaling):
     np.testing.assert_allclose(images, np.asarray(preprocess(pixels.astype(np.float32))), atol=1e-5)
     out = RandomAffine(AugmentationSpec(**NO_AUGMENTATION), then=preprocess)(tf.constant(pixels), training=True)
     np.testing.assert_allclose(out.numpy(), np.asarray(preprocess(pixels.astype(np.float32))), atol=1e-3)
+
+
+# --- augmentation semantics: draw for draw, the seed's ImageDataGenerator -----------------------
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize(
+    "draw",
+    [
+        dict(theta=17.0, tx=4.0, ty=-3.0, shear=9.0, zx=0.85, zy=1.15),
+        dict(theta=-28.0, tx=-3.5, ty=2.0, shear=-0.2, zx=1.2, zy=0.8),
+        dict(theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0),
+    ],
+)
+def test_the_projective_transform_is_keras_2s_apply_transform_for_the_same_draw(draw, flip):
+    """The same random parameters give the image Keras 2's ImageDataGenerator gives (bilinear, nearest
+    fill, about the centre, flip after), up to float rounding: the augmentation is not where the
+    recipes differ (issue 18)."""
+    import math
+
+    import tf_keras
+
+    from finetune.ml.pipeline import affine_transforms
+
+    size = 40
+    image = np.zeros((size, size, 3), np.float32)
+    image[5:20, 8:30, 0] = 255
+    image[22:35, 3:12, 1] = 200
+    image[..., 2] = np.linspace(0, 255, size)[None, :]
+    generator = tf_keras.preprocessing.image.ImageDataGenerator(fill_mode="nearest")
+    expected = generator.apply_transform(image, {**draw, "flip_horizontal": flip})
+    transforms = affine_transforms(
+        theta=[math.radians(draw["theta"])],
+        shift_x=[draw["tx"]],
+        shift_y=[draw["ty"]],
+        shear=[math.radians(draw["shear"])],
+        zoom_x=[draw["zx"]],
+        zoom_y=[draw["zy"]],
+        flip=[float(flip)],
+        height=size,
+        width=size,
+    )
+    got = bilinear_resample(tf.constant(image[None]), transforms).numpy()[0]
+    np.testing.assert_allclose(got, expected, atol=0.01)
