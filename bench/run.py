@@ -39,9 +39,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup-epochs", type=int, default=25, help="phase 1 epochs (default: the seed's 25)")
-    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help="phase 2 epochs (default: 5; 100, the seed's, with --accuracy-full)",
+    )
     parser.add_argument("--unfreeze-from", default=None, help="layer index or name (default: the backbone's)")
     parser.add_argument("--data", type=Path, default=None, help="a class-per-folder dataset (default: generated)")
+    parser.add_argument(
+        "--data-label", default="", help="where --data comes from, for the report (e.g. a repository and folder)"
+    )
     parser.add_argument("--classes", type=int, default=17, help="generated dataset: classes")
     parser.add_argument("--per-class", type=int, default=60, help="generated dataset: images per class")
     parser.add_argument("--requests", type=int, default=100, help="one-client /predict latency requests")
@@ -62,13 +70,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the seed's own random split (default: the project's validation images for both)",
     )
     parser.add_argument(
+        "--accuracy-full",
+        action="store_true",
+        help="instead of the default sections: held-out accuracy of the seed's recipe and the project at the "
+        "seed's full schedule (25 + 100 epochs) on --data (a real data set), per --seeds; updates its section "
+        "of BENCHMARKS.md only (bench/accuracy.py)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: [int(seed) for seed in text.split(",") if seed.strip()],
+        default=[42],
+        help="--accuracy-full: comma-separated seeds, each run on both sides (default: 42)",
+    )
+    parser.add_argument(
+        "--project-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--accuracy-full: a change to the project's spec (ablations), e.g. input_scaling=backbone, "
+        "finetune.batchnorm=frozen; repeatable",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
         choices=["ceilings", "seed", "project", "serving"],
         help="leave a section out",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.finetune_epochs is None:
+        args.finetune_epochs = 100 if args.accuracy_full else 5
+    if args.accuracy_full and args.data is None:
+        parser.error("--accuracy-full needs --data DIR: a real class-per-folder data set")
+    return args
 
 
 def use_shared_weights() -> None:
@@ -205,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, dataset = _dataset(args, out)
     spec = build_spec(args)
     command = "python -m bench.run" + (" " + shlex.join(argv) if argv else "")
+    if args.accuracy_full:
+        return accuracy_full(args, spec, data_dir, dataset, command, out)
 
     sections = Sections(args.skip)
     results = sections.results
@@ -215,11 +251,33 @@ def main(argv: list[str] | None = None) -> int:
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     text = report.render(results)
-    args.report.write_text(text)
+    args.report.write_text(_keep_accuracy_section(text, args.report))
     report.plot(results, out / "bench.png")
     print(text)
     print(f"[bench] wrote {args.report}, {out / 'bench.png'}, {out / 'results.json'}", file=sys.stderr)
     return 0
+
+
+def _keep_accuracy_section(text: str, path: Path) -> str:
+    """The default run rewrites BENCHMARKS.md but keeps the last --accuracy-full run's section."""
+    from bench.accuracy import existing_section, replace_section
+
+    section = existing_section(path.read_text()) if path.is_file() else None
+    return replace_section(text, section) if section else text
+
+
+def accuracy_full(args, spec, data_dir: Path, dataset: dict, command: str, out: Path) -> int:
+    """Only the full-schedule accuracy comparison; its table replaces its section of the report."""
+    from bench.accuracy import render_section, replace_section, run_accuracy_full
+
+    results = run_accuracy_full(args, spec, data_dir, dataset["text"], command, out)
+    (out / "accuracy.json").write_text(json.dumps(results, indent=2, default=str))
+    section = render_section(results)
+    previous = args.report.read_text() if args.report.is_file() else "# Benchmarks\n"
+    args.report.write_text(replace_section(previous, section))
+    print(section)
+    print(f"[bench] wrote {args.report} (accuracy section), {out / 'accuracy.json'}", file=sys.stderr)
+    return 1 if results["errors"] else 0
 
 
 def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, out: Path) -> None:
@@ -254,6 +312,8 @@ def _dataset(args, out: Path) -> tuple[Path, dict]:
     info = describe(data_dir)
     origin = "given" if args.data else "generated"
     info["text"] = f"{origin}: {info['num_images']} images, {len(info['classes'])} classes ({data_dir})"
+    if getattr(args, "data_label", ""):
+        info["text"] += f"; {args.data_label}"
     return data_dir, info
 
 

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from functools import cache
 
 LAYER_PROBE_SIZE = 64
+INPUT_SCALINGS = ("backbone", "unit")
+
+
+def unit_scale(images):
+    """Pixels / 255, in [0, 1]: the seed's preprocessing, whatever the backbone."""
+    return images * (1.0 / 255.0)
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,13 @@ class Backbone:
 
         return getattr(keras.applications, self.constructor)
 
-    def preprocess(self) -> Callable:
+    def preprocess(self, input_scaling: str = "backbone") -> Callable:
+        """float32 pixels in [0, 255] -> the network's input: the backbone's own `preprocess_input`
+        ("backbone"), or pixels / 255 ("unit", what the seed fed every backbone). See `INPUT_SCALINGS`."""
+        if input_scaling == "unit":
+            return unit_scale
+        if input_scaling != "backbone":
+            raise ValueError(f"unknown input_scaling {input_scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
         import keras
 
         return getattr(keras.applications, self.module).preprocess_input

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from finetune.ml.backbones import get_backbone
-from finetune.ml.spec import HeadSpec, PhaseSpec, TrainingSpec
+from finetune.ml.spec import BATCHNORM_MODES, HeadSpec, PhaseSpec, TrainingSpec
 
 
 def build_head(feature_shape: tuple[int, ...], *, head: HeadSpec, num_classes: int) -> keras.Model:
@@ -44,16 +44,22 @@ def build_model(spec: TrainingSpec, *, num_classes: int) -> tuple[keras.Model, k
     return assemble(backbone, head, image_size=spec.image_size), backbone, head
 
 
-def unfreeze_from(backbone: keras.Model, index: int) -> None:
+def unfreeze_from(backbone: keras.Model, index: int, *, batchnorm: str = "frozen") -> None:
     """Make the backbone layers from `index` on trainable, the rest frozen. Recompile afterwards.
 
-    BatchNormalization layers stay frozen: in Keras 3 a frozen BatchNorm runs in inference mode,
-    whereas `fit` would otherwise override the `training=False` of the backbone's call and let
-    small fine-tuning batches rewrite the ImageNet statistics (keras-team/keras#20285).
+    batchnorm="frozen": BatchNormalization layers stay frozen; in Keras 3 a frozen BatchNorm runs in
+    inference mode (its ImageNet moving statistics, γ and β kept) even inside `fit`.
+    batchnorm="trainable": those from `index` on train too, as the seed's Keras 2 code had them:
+    `fit` overrides the `training=False` of the backbone's call (keras-team/keras#20285), so they
+    run in training mode (batch statistics; moving statistics, γ and β adapt to the new data).
+    Layers before `index` stay frozen, BatchNorm included, in inference mode either way.
     """
+    if batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"unknown batchnorm {batchnorm!r}; choose one of {', '.join(BATCHNORM_MODES)}")
     backbone.trainable = True
     for position, layer in enumerate(backbone.layers):
-        layer.trainable = position >= index and not isinstance(layer, keras.layers.BatchNormalization)
+        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = position >= index and (batchnorm == "trainable" or not is_batchnorm)
 
 
 def make_optimizer(phase: PhaseSpec) -> keras.optimizers.Optimizer:

@@ -115,6 +115,34 @@ def bilinear_resample(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     return top * (1.0 - wy) + bottom * wy
 
 
+def affine_transforms(*, theta, shift_x, shift_y, shear, zoom_x, zoom_y, flip, height, width) -> tf.Tensor:
+    """Output-to-input transforms (rows of 8, see `bilinear_resample`) from one draw of parameters per
+    image: angles in radians, shifts in pixels, zooms as scales, flip 0 or 1. The same draw gives the
+    image Keras 2's `ImageDataGenerator.apply_transform` gives with theta, tx = shift_x, ty = shift_y,
+    shear, zx = zoom_x, zy = zoom_y and flip_horizontal (in degrees where Keras 2 takes degrees), within
+    interpolation (tests/finetune/test_pipeline.py). Keras 2 drew tx from height_shift_range x height and
+    ty from width_shift_range x width; `RandomAffine` draws shift_x from width_shift x width: the same
+    distribution for square images (the recipe's) and the seed's equal ranges."""
+    theta, shift_x, shift_y, shear = (tf.cast(v, tf.float32) for v in (theta, shift_x, shift_y, shear))
+    zoom_x, zoom_y, flip = (tf.cast(v, tf.float32) for v in (zoom_x, zoom_y, flip))
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    zeros, ones = tf.zeros_like(theta), tf.ones_like(theta)
+
+    def matrix(*rows):
+        return tf.reshape(tf.stack(rows, axis=-1), [-1, 3, 3])
+
+    rotation = matrix(tf.cos(theta), -tf.sin(theta), zeros, tf.sin(theta), tf.cos(theta), zeros, zeros, zeros, ones)
+    translation = matrix(ones, zeros, shift_x, zeros, ones, shift_y, zeros, zeros, ones)
+    shearing = matrix(ones, -tf.sin(shear), zeros, zeros, tf.cos(shear), zeros, zeros, zeros, ones)
+    zooming = matrix(zoom_x, zeros, zeros, zeros, zoom_y, zeros, zeros, zeros, ones)
+    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    to_centre = matrix(ones, zeros, -centre_x * ones, zeros, ones, -centre_y * ones, zeros, zeros, ones)
+    from_centre = matrix(ones, zeros, centre_x * ones, zeros, ones, centre_y * ones, zeros, zeros, ones)
+    mirror = matrix(1.0 - 2.0 * flip, zeros, flip * (width - 1.0), zeros, ones, zeros, zeros, zeros, ones)
+    output_to_input = from_centre @ rotation @ translation @ shearing @ zooming @ to_centre @ mirror
+    return tf.reshape(output_to_input, [-1, 9])[:, :8]
+
+
 class RandomAffine(keras.layers.Layer):
     """The seed's ImageDataGenerator augmentation as one projective transform per image.
 
@@ -147,28 +175,21 @@ class RandomAffine(keras.layers.Layer):
         def uniform(limit: float):
             return tf.random.uniform([batch], -limit, limit)
 
-        theta = uniform(math.radians(self.spec.rotation))
-        shift_x = uniform(self.spec.width_shift) * width
-        shift_y = uniform(self.spec.height_shift) * height
-        shear = uniform(math.radians(self.spec.shear))
-        zoom_x = 1.0 + uniform(self.spec.zoom)
-        zoom_y = 1.0 + uniform(self.spec.zoom)
-        flip = tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32) if self.spec.horizontal_flip else tf.zeros([batch])
-        zeros, ones = tf.zeros([batch]), tf.ones([batch])
-
-        def matrix(*rows):
-            return tf.reshape(tf.stack(rows, axis=-1), [-1, 3, 3])
-
-        rotation = matrix(tf.cos(theta), -tf.sin(theta), zeros, tf.sin(theta), tf.cos(theta), zeros, zeros, zeros, ones)
-        translation = matrix(ones, zeros, shift_x, zeros, ones, shift_y, zeros, zeros, ones)
-        shearing = matrix(ones, -tf.sin(shear), zeros, zeros, tf.cos(shear), zeros, zeros, zeros, ones)
-        zooming = matrix(zoom_x, zeros, zeros, zeros, zoom_y, zeros, zeros, zeros, ones)
-        centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-        to_centre = matrix(ones, zeros, -centre_x * ones, zeros, ones, -centre_y * ones, zeros, zeros, ones)
-        from_centre = matrix(ones, zeros, centre_x * ones, zeros, ones, centre_y * ones, zeros, zeros, ones)
-        mirror = matrix(1.0 - 2.0 * flip, zeros, flip * (width - 1.0), zeros, ones, zeros, zeros, zeros, ones)
-        output_to_input = from_centre @ rotation @ translation @ shearing @ zooming @ to_centre @ mirror
-        return tf.reshape(output_to_input, [-1, 9])[:, :8]
+        return affine_transforms(
+            theta=uniform(math.radians(self.spec.rotation)),
+            shift_x=uniform(self.spec.width_shift) * width,
+            shift_y=uniform(self.spec.height_shift) * height,
+            shear=uniform(math.radians(self.spec.shear)),
+            zoom_x=1.0 + uniform(self.spec.zoom),
+            zoom_y=1.0 + uniform(self.spec.zoom),
+            flip=(
+                tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32)
+                if self.spec.horizontal_flip
+                else tf.zeros([batch])
+            ),
+            height=height,
+            width=width,
+        )
 
     def call(self, images, training=True):
         if not training:

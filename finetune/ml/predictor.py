@@ -34,6 +34,11 @@ def set_threads_per_op(threads: int) -> bool:
     return True
 
 
+def input_scaling_of(manifest: dict) -> str:
+    """The input scaling the model was trained with (its spec's); manifests from before the option: "backbone"."""
+    return (manifest.get("spec") or {}).get("input_scaling", "backbone")
+
+
 @dataclass
 class ImageInput:
     name: str
@@ -59,7 +64,7 @@ class Predictor:
         self.max_batch = max(1, max_batch)
         self.warm_sizes = tuple(size for size in WARM_BATCH_SIZES if size <= self.max_batch) or (1,)
         self.model = keras.models.load_model(model_path, compile=False)
-        preprocess = get_backbone(manifest["backbone"]).preprocess()
+        preprocess = get_backbone(manifest["backbone"]).preprocess(input_scaling_of(manifest))
         model = self.model
 
         @tf.function(

@@ -11,6 +11,9 @@ from finetune.ml.backbones import BACKBONES, get_backbone, resolve_unfreeze_from
 
 BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 OptimizerName = Literal["sgd", "rmsprop", "adam"]
+BatchNormMode = Literal["frozen", "trainable"]
+InputScaling = Literal["backbone", "unit"]
+BATCHNORM_MODES: tuple[str, ...] = BatchNormMode.__args__
 
 
 class StrictModel(BaseModel):
@@ -33,6 +36,19 @@ class AugmentationSpec(StrictModel):
     horizontal_flip: bool = True
 
 
+BATCHNORM_DESCRIPTION = (
+    "BatchNormalization layers from unfreeze_from in this phase. 'frozen': inference mode, the ImageNet "
+    "statistics, gamma and beta kept. 'trainable': they train in training mode (batch statistics; the "
+    "moving statistics, gamma and beta adapt), as the seed's Keras 2 code had them. Layers before "
+    "unfreeze_from stay frozen either way. No effect on a backbone without BatchNorm (vgg16, vgg19)."
+)
+INPUT_SCALING_DESCRIPTION = (
+    "How pixels reach the backbone, in training and serving alike. 'backbone': its own preprocess_input "
+    "([-1, 1] for mobilenet*, caffe-style mean subtraction for vgg*/resnet50, built into efficientnet_b0). "
+    "'unit': pixels / 255 in [0, 1], what the seed fed every backbone."
+)
+
+
 class PhaseSpec(StrictModel):
     epochs: int = Field(ge=0, le=10000)
     optimizer: OptimizerName
@@ -52,6 +68,10 @@ class FinetunePhaseSpec(PhaseSpec):
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     unfreeze_from: int | str | None = Field(
         None, description="layer index or name; null means the backbone's last block"
+    )
+    batchnorm: BatchNormMode = Field(
+        "frozen",
+        description=BATCHNORM_DESCRIPTION,
     )
 
 
@@ -75,6 +95,7 @@ class TrainingSpec(StrictModel):
     image_size: int = Field(224, le=1024)
     batch_size: int = Field(32, ge=1, le=1024)
     validation_split: float = Field(0.25, gt=0.0, lt=1.0)
+    input_scaling: InputScaling = Field("backbone", description=INPUT_SCALING_DESCRIPTION)
     seed: int = 42
     head: HeadSpec = HeadSpec()
     augmentation: AugmentationSpec | None = AugmentationSpec()

@@ -165,3 +165,59 @@ def test_compile_for_sets_the_phases_optimizer_loss_and_accuracy():
     logs = model.evaluate(np.zeros((4, 3)), np.array([0, 1, 0, 1]), verbose=0, return_dict=True)
     assert set(logs) >= {"loss", "accuracy"}
     assert logs["accuracy"] == pytest.approx(0.5)
+
+
+# --- finetune.batchnorm: which BatchNorm layers train in phase 2 -----------------------------
+
+
+@pytest.mark.parametrize("index", [40, 80])
+def test_unfreeze_from_with_batchnorm_trainable_trains_the_later_batchnorm_too(index):
+    _, backbone, _ = build_model(SPEC, num_classes=2)
+    unfreeze_from(backbone, index, batchnorm="trainable")
+    for position, layer in enumerate(backbone.layers):
+        assert layer.trainable is (position >= index), (position, layer.name)
+    later_bn = [layer for layer in backbone.layers[index:] if isinstance(layer, keras.layers.BatchNormalization)]
+    assert later_bn
+    trainable = {id(w) for w in backbone.trainable_weights}
+    for layer in later_bn:  # gamma and beta train; the moving statistics are updated, not trained
+        assert {id(layer.gamma), id(layer.beta)} <= trainable
+        assert id(layer.moving_mean) not in trainable
+    assert all(not layer.trainable_weights for layer in backbone.layers[:index])
+
+
+def test_unfreeze_from_refuses_an_unknown_batchnorm_mode():
+    _, backbone, _ = build_model(SPEC, num_classes=2)
+    with pytest.raises(ValueError, match="batchnorm"):
+        unfreeze_from(backbone, 80, batchnorm="train")
+
+
+def batchnorm_step(mode: str):
+    """One fit step of a classifier unfrozen from conv_dw_12 with `mode`: the BatchNorm weights before it."""
+    keras.utils.set_random_seed(2)
+    spec = SPEC.model_copy(update={"finetune": SPEC.finetune.model_copy(update={"unfreeze_from": "conv_dw_12"})})
+    model, backbone, _ = build_model(spec, num_classes=2)
+    unfreeze_from(backbone, spec.unfreeze_index, batchnorm=mode)
+    compile_for(model, PhaseSpec(epochs=1, optimizer="sgd", learning_rate=0.1), jit_compile=False)
+    before = {w.path: np.array(w.numpy(), copy=True) for w in backbone.weights}
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    model.fit(x, np.array([0, 1] * 4), batch_size=8, epochs=1, verbose=0)  # fit: training=True overrides
+    return backbone, spec.unfreeze_index, before
+
+
+def test_trainable_batchnorm_runs_in_training_mode_in_fit_and_only_from_the_unfreeze_index():
+    """As Keras 2 had it: `fit`'s training=True reaches the unfrozen BatchNorm layers through the
+    backbone's training=False call, so their moving statistics follow the batches; earlier ones keep theirs."""
+    backbone, index, before = batchnorm_step("trainable")
+    for position, layer in enumerate(backbone.layers):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        moved = not np.array_equal(before[layer.moving_variance.path], layer.moving_variance.numpy())
+        assert moved is (position >= index), (position, layer.name)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_in_fit():
+    backbone, _, before = batchnorm_step("frozen")
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for weight in layer.weights:
+                np.testing.assert_array_equal(before[weight.path], weight.numpy(), err_msg=weight.path)

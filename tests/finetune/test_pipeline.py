@@ -298,3 +298,97 @@ def test_the_training_stream_runs_without_tf_datas_autotuning_thread():
         data = make_dataset(pixels, labels, batch_size=4, preprocess=identity, augmentation=augmentation, epochs=3)
         assert data.options().autotune.enabled is False
         assert sum(len(batch_labels) for _, batch_labels in data.as_numpy_iterator()) == 18
+
+
+# --- input_scaling: what reaches the backbone, per backbone and option --------------------------
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_unit_input_scaling_is_pixels_over_255_for_every_backbone(backbone):
+    pixels = np.clip(gradient_images(2), 0, 255).astype(np.float32)
+    out = np.asarray(get_backbone(backbone).preprocess("unit")(tf.constant(pixels)))
+    np.testing.assert_allclose(out, pixels / 255.0, rtol=1e-6)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_backbone_input_scaling_is_the_backbones_own_preprocess_input(backbone):
+    module = get_backbone(backbone).module
+    assert get_backbone(backbone).preprocess("backbone") is getattr(keras.applications, module).preprocess_input
+    assert get_backbone(backbone).preprocess() is get_backbone(backbone).preprocess("backbone")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "low", "high"),
+    [("mobilenet", -1.0, 1.0), ("mobilenet_v2", -1.0, 1.0), ("efficientnet_b0", 0.0, 255.0)],
+)
+def test_backbone_input_scaling_ranges(backbone, low, high):
+    pixels = np.array([[[[0, 0, 0], [255, 255, 255]]]], np.float32)
+    out = np.asarray(get_backbone(backbone).preprocess("backbone")(tf.constant(pixels)))
+    np.testing.assert_allclose([out.min(), out.max()], [low, high], atol=1e-5)
+
+
+def test_vgg_backbone_input_scaling_is_caffe_mean_subtraction_not_a_rescaling():
+    pixels = np.full((1, 1, 1, 3), 255.0, np.float32)
+    out = np.asarray(get_backbone("vgg16").preprocess("backbone")(tf.constant(pixels)))
+    np.testing.assert_allclose(out[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], atol=1e-3)
+
+
+def test_an_unknown_input_scaling_is_refused():
+    with pytest.raises(ValueError, match="input_scaling"):
+        get_backbone("mobilenet").preprocess("imagenet")
+
+
+@pytest.mark.parametrize("scaling", ["backbone", "unit"])
+def test_the_augmented_stream_applies_the_chosen_scaling(scaling):
+    preprocess = get_backbone("mobilenet").preprocess(scaling)
+    pixels = np.clip(gradient_images(2), 0, 255).astype(np.uint8)
+    data = make_dataset(pixels, np.array([0, 1]), batch_size=2, preprocess=preprocess)
+    images, _ = next(data.as_numpy_iterator())
+    np.testing.assert_allclose(images, np.asarray(preprocess(pixels.astype(np.float32))), atol=1e-5)
+    out = RandomAffine(AugmentationSpec(**NO_AUGMENTATION), then=preprocess)(tf.constant(pixels), training=True)
+    np.testing.assert_allclose(out.numpy(), np.asarray(preprocess(pixels.astype(np.float32))), atol=1e-3)
+
+
+# --- augmentation semantics: draw for draw, the seed's ImageDataGenerator -----------------------
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize(
+    "draw",
+    [
+        dict(theta=17.0, tx=4.0, ty=-3.0, shear=9.0, zx=0.85, zy=1.15),
+        dict(theta=-28.0, tx=-3.5, ty=2.0, shear=-0.2, zx=1.2, zy=0.8),
+        dict(theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0),
+    ],
+)
+def test_the_projective_transform_is_keras_2s_apply_transform_for_the_same_draw(draw, flip):
+    """The same random parameters give the image Keras 2's ImageDataGenerator gives (bilinear, nearest
+    fill, about the centre, flip after), up to float rounding: the augmentation is not where the
+    recipes differ (issue 18)."""
+    import math
+
+    import tf_keras
+
+    from finetune.ml.pipeline import affine_transforms
+
+    size = 40
+    image = np.zeros((size, size, 3), np.float32)
+    image[5:20, 8:30, 0] = 255
+    image[22:35, 3:12, 1] = 200
+    image[..., 2] = np.linspace(0, 255, size)[None, :]
+    generator = tf_keras.preprocessing.image.ImageDataGenerator(fill_mode="nearest")
+    expected = generator.apply_transform(image, {**draw, "flip_horizontal": flip})
+    transforms = affine_transforms(
+        theta=[math.radians(draw["theta"])],
+        shift_x=[draw["tx"]],
+        shift_y=[draw["ty"]],
+        shear=[math.radians(draw["shear"])],
+        zoom_x=[draw["zx"]],
+        zoom_y=[draw["zy"]],
+        flip=[float(flip)],
+        height=size,
+        width=size,
+    )
+    got = bilinear_resample(tf.constant(image[None]), transforms).numpy()[0]
+    np.testing.assert_allclose(got, expected, atol=0.01)

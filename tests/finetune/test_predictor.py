@@ -490,3 +490,75 @@ def test_loading_and_warming_a_predictor_writes_no_file_to_tmpdir(saved_model, t
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- input_scaling: the served model is fed as it was trained ---------------------------------
+
+
+def scaled_model_store(tmp_path, factories, spec) -> tuple[ModelStore, dict]:
+    store = ModelStore(tmp_path)
+    manifest = store.save(factories.FakeResult(model=factories.colour_classifier(), spec=spec, classes=list(CLASSES)))
+    return store, manifest
+
+
+@pytest.mark.parametrize("scaling", ["backbone", "unit"])
+@pytest.mark.parametrize("backbone", ["mobilenet", "vgg16"])
+def test_the_predictor_feeds_the_model_with_the_specs_input_scaling(tmp_path, factories, backbone, scaling):
+    from finetune.ml.backbones import get_backbone
+
+    spec = factories.tiny_spec(backbone=backbone, alpha=0.25 if backbone == "mobilenet" else None)
+    spec = spec.model_copy(update={"input_scaling": scaling})
+    store, manifest = scaled_model_store(tmp_path, factories, spec)
+    assert manifest["spec"]["input_scaling"] == scaling
+    predictor = Predictor(store.model_file(manifest["id"]), manifest)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    pixels[..., 0] //= 4  # channels of different means: the hand-set classifier's logits then depend on the scale
+    got = predictor.predict_pixels(pixels)
+
+    def through(chosen: str) -> np.ndarray:
+        preprocess = get_backbone(backbone).preprocess(chosen)
+        return np.asarray(predictor.model(preprocess(pixels.astype(np.float32)), training=False))
+
+    np.testing.assert_allclose(got, through(scaling), atol=1e-6)
+    other = "unit" if scaling == "backbone" else "backbone"
+    assert not np.allclose(got, through(other), atol=1e-4)
+
+
+def test_a_manifest_from_before_input_scaling_is_served_with_the_backbones_preprocessing(tmp_path, factories):
+    from finetune.ml.predictor import input_scaling_of
+
+    store, manifest = scaled_model_store(tmp_path, factories, factories.tiny_spec(backbone="vgg16", alpha=None))
+    del manifest["spec"]["input_scaling"]
+    assert input_scaling_of(manifest) == "backbone"
+    assert input_scaling_of({"id": "x"}) == "backbone"
+    predictor = Predictor(store.model_file(manifest["id"]), manifest)
+    pixels = np.zeros((1, 32, 32, 3), np.uint8)
+    pixels[..., 0] = 255
+    assert CLASSES[int(predictor.predict_pixels(pixels).argmax())] == "red"  # vgg16's BGR mean subtraction
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scaling", "batchnorm"), [("unit", "trainable"), ("backbone", "frozen")])
+def test_the_served_model_agrees_with_trainings_own_evaluation(tmp_path, factories, scaling, batchnorm):
+    """Trained with an input scaling, saved, served: the predictor's confusion matrix on the held-out
+    images is the one training computed."""
+    from finetune.ml.evaluation import evaluate_predictions
+    from finetune.ml.pipeline import decode_dataset
+    from finetune.ml.scan import scan_dataset, stratified_split
+    from finetune.ml.training.recipe import train
+
+    data = factories.make_dataset_dir(tmp_path / "data", classes=("red", "green", "blue"), per_class=6, size=40)
+    spec = factories.tiny_spec(
+        input_scaling=scaling, augmentation=None, finetune={"epochs": 1, "batchnorm": batchnorm}, warmup={"epochs": 2}
+    )
+    result = train(spec, dataset_dir=data)
+    store = ModelStore(tmp_path / "models")
+    manifest = store.save(result)
+    assert manifest["spec"]["input_scaling"] == scaling
+    assert manifest["spec"]["finetune"]["batchnorm"] == batchnorm
+    decoded = decode_dataset(scan_dataset(data, probe=False), size=spec.image_size, max_pixels=10**8)
+    _, held_out = stratified_split(decoded.labels, validation_split=spec.validation_split, seed=spec.seed)
+    predictor = Predictor(store.model_file(manifest["id"]), manifest)
+    predicted = predictor.predict_pixels(decoded.pixels[held_out]).argmax(axis=1)
+    served = evaluate_predictions(decoded.labels[held_out], predicted, result.classes)
+    assert served["confusion_matrix"] == result.metrics["confusion_matrix"]

@@ -6,7 +6,10 @@ import pytest
 from pydantic import ValidationError
 
 from finetune.ml.backbones import BACKBONES, describe_layers, get_backbone, resolve_unfreeze_from
-from finetune.ml.spec import AugmentationSpec, JobSpec, TrainingSpec
+from finetune.ml.spec import AugmentationSpec, FinetunePhaseSpec, JobSpec, TrainingSpec
+
+DEFAULT_INPUT_SCALING = "backbone"
+DEFAULT_BATCHNORM = "frozen"
 
 
 def refusal(**fields) -> list[dict]:
@@ -246,3 +249,38 @@ def test_job_spec_training_spec_drops_the_dataset_id():
     assert type(spec) is TrainingSpec
     assert spec.backbone == "mobilenet" and spec.alpha == 0.5 and spec.finetune is None
     assert "dataset_id" not in spec.model_dump()
+
+
+# --- recipe options measured in issue 18 ------------------------------------------------------
+
+
+def test_input_scaling_and_batchnorm_defaults():
+    spec = TrainingSpec()
+    assert spec.input_scaling == DEFAULT_INPUT_SCALING
+    assert spec.finetune.batchnorm == DEFAULT_BATCHNORM
+
+
+@pytest.mark.parametrize("scaling", ["backbone", "unit"])
+@pytest.mark.parametrize("batchnorm", ["frozen", "trainable"])
+def test_input_scaling_and_batchnorm_accept_their_values_and_round_trip(scaling, batchnorm):
+    spec = TrainingSpec.model_validate({"input_scaling": scaling, "finetune": {"batchnorm": batchnorm}})
+    assert (spec.input_scaling, spec.finetune.batchnorm) == (scaling, batchnorm)
+    assert TrainingSpec.model_validate(spec.model_dump()) == spec
+
+
+def test_unknown_input_scaling_is_refused_naming_the_field():
+    assert only_error(input_scaling="imagenet")["loc"] == ("input_scaling",)
+
+
+def test_unknown_batchnorm_mode_is_refused_naming_the_field():
+    assert only_error(finetune={"batchnorm": "train"})["loc"] == ("finetune", "batchnorm")
+
+
+def test_batchnorm_belongs_to_the_finetune_phase_not_the_warmup():
+    assert only_error(warmup={"batchnorm": "trainable"})["loc"] == ("warmup", "batchnorm")
+
+
+def test_the_options_describe_what_they_do():
+    fields = TrainingSpec.model_fields
+    assert "pixels / 255" in fields["input_scaling"].description
+    assert "training mode" in FinetunePhaseSpec.model_fields["batchnorm"].description

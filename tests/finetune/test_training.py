@@ -366,3 +366,13 @@ def test_memory_mapped_datasets_keep_images_and_labels_aligned(dataset, tmp_path
         train(tiny(augmentation=None, seed=1), dataset_dir=dataset, cache_dir=tmp_path / "cache")
     assert len(seen) == 12
     assert all(colour == label for colour, label in seen), seen
+
+
+@pytest.mark.slow
+def test_batchnorm_trainable_trains_the_batchnorm_layers_from_the_unfreeze_index(dataset):
+    result = train(tiny(finetune={"epochs": 1, "batchnorm": "trainable"}), dataset_dir=dataset)
+    backbone, index = result.model.layers[1], result.spec.unfreeze_index
+    for position, layer in enumerate(backbone.layers):
+        if layer.weights:
+            assert layer.trainable is (position >= index), (position, layer.name)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)

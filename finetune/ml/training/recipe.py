@@ -179,7 +179,7 @@ class _Run:
         self.strategy = make_strategy(plan)
         self.batch_size = spec.batch_size * plan.replicas
         self.jit_compile = _jit_compile()
-        self.preprocess = get_backbone(spec.backbone).preprocess()
+        self.preprocess = get_backbone(spec.backbone).preprocess(spec.input_scaling)
         self.augment = RandomAffine(spec.augmentation, then=self.preprocess) if spec.augmentation is not None else None
         # One copy of the images: the decoded array (or memory map), gathered batch by batch with numpy.
         # As a tensor, TensorFlow's copy of it peaked at three times its size while converting.
@@ -277,7 +277,7 @@ class _Run:
         resuming = self.state.phase == Phase.FINETUNE
         with self.strategy.scope():
             if not resuming:
-                unfreeze_from(networks.backbone, self.spec.unfreeze_index)
+                unfreeze_from(networks.backbone, self.spec.unfreeze_index, batchnorm=self.spec.finetune.batchnorm)
                 compile_for(networks.model, self.spec.finetune, jit_compile=self.jit_compile)
         self._fit(
             Phase.FINETUNE,
