@@ -25,7 +25,6 @@ from tests.helpers import make_image_bytes  # noqa: E402
 pytestmark = [pytest.mark.slow]
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "40"))
-FUZZ_REDIS_DB = 13  # the session's Redis, but a database no other test reads
 
 
 def tiny_model_result():
@@ -71,13 +70,13 @@ def dataset_archive() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(redis_server, tmp_path_factory):
+def fuzz_app(redis_db, tmp_path_factory):
     from app.main import create_app
     from finetune.stores.jobs import JobStore
     from finetune.stores.models import ModelStore
 
     root = tmp_path_factory.mktemp("fuzz")
-    redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{FUZZ_REDIS_DB}"
+    redis_url = redis_db  # the session's Redis, a database no other module reads
     JobStore.from_url(redis_url).redis.flushdb()
     settings_ = Settings(
         redis_url=redis_url,
