@@ -168,7 +168,7 @@ def test_a_cancel_racing_a_start_has_exactly_one_winner(jobs):
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=10)
+            thread.join(timeout=120)  # a hang guard
         status = jobs.get(job_id)["status"]
         if outcome["start"] == "won":
             assert status == "running"

@@ -48,7 +48,7 @@ def test_the_reaper_thread_sweeps_and_stops(jobs, redis_db):
     enqueued: list[str] = []
     reaper = Reaper(settings, enqueue=enqueued.append)
     reaper.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # a hang guard: the sweep runs every few seconds
     while not enqueued and time.monotonic() < deadline:
         time.sleep(0.1)
     reaper.stopped.set()
