@@ -150,7 +150,7 @@ def test_dashboard_end_to_end_with_an_api_key(keyed_url, browser, tmp_path):
     context.add_init_script(COUNT_KEY_DIALOGS)
     page = context.new_page()
     traffic = ApiTraffic(page)
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(120_000)  # a hang guard for every wait below
     page_errors: list[str] = []
     console_errors: list[str] = []
     loads: list[str] = []
@@ -255,7 +255,7 @@ def test_dashboard_end_to_end_with_an_api_key(keyed_url, browser, tmp_path):
         shot(page, "03-new-job")
 
         page.click("#job-submit")
-        expect(page).to_have_url(re.compile(r"#/jobs/(?!new)[^/?]+$"), timeout=30_000)
+        expect(page).to_have_url(re.compile(r"#/jobs/(?!new)[^/?]+$"), timeout=120_000)
         job_id = page.url.rsplit("/", 1)[1]
         wait_ready(page, f"/jobs/{job_id}")
 
@@ -339,7 +339,7 @@ def test_dashboard_end_to_end_with_an_api_key(keyed_url, browser, tmp_path):
             ],
         )
         results = page.get_by_test_id("prediction-result")
-        expect(results).to_have_count(2, timeout=60_000)
+        expect(results).to_have_count(2, timeout=120_000)
         labels = page.get_by_test_id("prediction-top-label").all_inner_texts()
         assert labels == ["red", "blue"], labels
         expect(results.first.get_by_test_id("prediction-bar")).to_have_count(2)
@@ -401,7 +401,7 @@ def test_the_dashboard_on_an_open_api_never_asks_for_a_key(live_service, browser
     context.add_init_script(COUNT_KEY_DIALOGS)
     page = context.new_page()
     traffic = ApiTraffic(page)
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(120_000)  # a hang guard for every wait below
     try:
         page.goto(f"{live_service.url.rstrip('/')}/")
         wait_ready(page, "/datasets")

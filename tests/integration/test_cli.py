@@ -199,7 +199,7 @@ def test_serve_runs_the_service_and_stops_with_exit_code_0(workspace, redis_db, 
             assert time.monotonic() < deadline, "the service did not come up (hang guard)"
             time.sleep(0.5)
         children = psutil.Process(serve.pid).children(recursive=True)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             assert client.get("/models").json()["data"] == []
             assert client.get("/readyz").status_code == 200
         serve.send_signal(signal.SIGTERM)

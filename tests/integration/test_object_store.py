@@ -33,7 +33,7 @@ def s3_server(tmp_path_factory):
         "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log
     )
     url = f"http://127.0.0.1:{port}"
-    process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=60, what="moto server")
+    process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=120, what="moto server")
     yield url
     process.stop()
 
