@@ -2,6 +2,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The browser of the e2e test, found on PATH by this name here and by tests/e2e/test_dashboard.py
+# (which reads CHROMIUM, set below for `make test`); Debian's package of the same name provides it.
+CHROMIUM := chromium
+export CHROMIUM
 
 .PHONY: install run test test-fast lint format bench clean
 
@@ -11,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	command -v $(CHROMIUM) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CHROMIUM) >/dev/null; }
 	touch $(STAMP)
 
 run: install

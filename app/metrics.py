@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger("app.metrics")
@@ -46,6 +46,9 @@ class AppMetrics:
             "Images per forward pass of /predict's micro-batcher",
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.event_streams = Gauge(
+            "finetune_event_streams", "Server-sent event streams of jobs open now", registry=self.registry
         )
         self.registry.register(JobsCollector(service_getter))
 

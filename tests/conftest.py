@@ -28,10 +28,6 @@ class RedisServer:
         self.data_dir = data_dir
         self.process: ManagedProcess | None = None
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
     def is_running(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
@@ -57,13 +53,46 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+class RedisDatabases:
+    """The one place that hands out the databases of the session's Redis: each owner (a test module,
+    or a named stack) gets a number of its own, so clearing it touches no one else's keys.
+    Database 0 is the shared `live_service`'s."""
+
+    LIVE_SERVICE = "live_service"
+    COUNT = 16  # redis-server's default `databases`
+
+    def __init__(self, server: RedisServer):
+        self.server = server
+        self.owners: dict[str, int] = {self.LIVE_SERVICE: 0}
+
+    def number(self, owner: str) -> int:
+        number = self.owners.setdefault(owner, len(self.owners))
+        if number >= self.COUNT:
+            raise RuntimeError(f"more than {self.COUNT} Redis databases asked for: {sorted(self.owners)}")
+        return number
+
+    def url(self, owner: str) -> str:
+        return f"redis://127.0.0.1:{self.server.port}/{self.number(owner)}"
+
+
 @pytest.fixture(scope="session")
-def service_env(tmp_path_factory, redis_server) -> dict[str, str]:
+def redis_databases(redis_server) -> RedisDatabases:
+    return RedisDatabases(redis_server)
+
+
+@pytest.fixture(scope="module")
+def redis_db(redis_databases, request) -> str:
+    """The URL of a database of the session's Redis that belongs to the requesting test module alone."""
+    return redis_databases.url(request.module.__name__)
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, redis_databases) -> dict[str, str]:
     """Environment for child processes: this session's Redis and directories, no stray settings."""
     root = tmp_path_factory.mktemp("service")
     env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
     env.update(
-        REDIS_URL=redis_server.url,
+        REDIS_URL=redis_databases.url(RedisDatabases.LIVE_SERVICE),
         MODEL_DIR=str(root / "models"),
         DATA_DIR=str(root / "data"),
         CACHE_DIR=str(root / "cache"),

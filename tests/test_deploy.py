@@ -309,7 +309,6 @@ def test_backbone_list_parsing():
 @pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="shared MobileNet weights not present")
 def test_fetch_finds_a_preplaced_weight_file_offline(tmp_path):
     """The file name the script asks Keras for is the one Keras' loader uses: no download."""
-    pytest.importorskip("keras")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(SHARED_WEIGHTS, models / SHARED_WEIGHTS.name)
@@ -351,8 +350,6 @@ def module_level_names(path: Path) -> set[str]:
 
 def test_api_entry_point_defines_app():
     path = ROOT / "app" / "main.py"
-    if not path.exists():
-        pytest.skip("app/main.py not written yet")
     tree = ast.parse(path.read_text())
     lazy = any(
         isinstance(node, ast.FunctionDef)
@@ -365,7 +362,5 @@ def test_api_entry_point_defines_app():
 
 def test_worker_entry_point_defines_a_celery_app():
     path = ROOT / "worker" / "celery_app.py"
-    if not path.exists():
-        pytest.skip("worker/celery_app.py not written yet")
     names = module_level_names(path)
     assert {"app", "celery"} & names or "Celery(" in path.read_text()

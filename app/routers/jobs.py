@@ -65,21 +65,27 @@ async def cancel_job(job_id: str, service: ServiceDep):
 async def job_events(job_id: str, service: ServiceDep, request: Request):
     first = await run_in_threadpool(service.jobs.get, job_id)
 
+    open_streams = request.app.state.metrics.event_streams
+
     async def stream():
-        record, last_sent, quiet = first, None, 0.0
-        while True:
-            payload = json.dumps(_public(record))
-            if record != last_sent:
-                yield f"event: job\ndata: {payload}\n\n"
-                last_sent, quiet = record, 0.0
-            if record["status"] in FINAL_STATUSES or await request.is_disconnected():
-                return
-            if quiet >= EVENT_KEEPALIVE_S:
-                yield ": keep-alive\n\n"
-                quiet = 0.0
-            await asyncio.sleep(EVENT_POLL_S)
-            quiet += EVENT_POLL_S
-            record = await run_in_threadpool(service.jobs.get, job_id)
+        open_streams.inc()  # in /metrics: a stream whose client went away must not stay open
+        try:
+            record, last_sent, quiet = first, None, 0.0
+            while True:
+                payload = json.dumps(_public(record))
+                if record != last_sent:
+                    yield f"event: job\ndata: {payload}\n\n"
+                    last_sent, quiet = record, 0.0
+                if record["status"] in FINAL_STATUSES or await request.is_disconnected():
+                    return
+                if quiet >= EVENT_KEEPALIVE_S:
+                    yield ": keep-alive\n\n"
+                    quiet = 0.0
+                await asyncio.sleep(EVENT_POLL_S)
+                quiet += EVENT_POLL_S
+                record = await run_in_threadpool(service.jobs.get, job_id)
+        finally:
+            open_streams.dec()
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -28,6 +28,9 @@ class DevicePlan:
     strategy: str = "default"
     replicas: int = 1
     precision: str = "float32"
+    # The devices a "mirrored" plan mirrors over; empty: MirroredStrategy's default, every GPU. Named
+    # only where the devices are not GPUs (the tests mirror over two logical CPU devices).
+    devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -93,7 +96,7 @@ def make_strategy(plan: DevicePlan):
     import tensorflow as tf
 
     if plan.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(list(plan.devices) or None)
     return tf.distribute.get_strategy()
 
 

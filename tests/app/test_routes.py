@@ -21,7 +21,6 @@ from tests.helpers import make_dataset_zip, make_image_bytes
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-ROUTE_TEST_DB = 2  # this module's own database on the session's Redis, flushed before each test
 TINY_JOB = {
     "backbone": "mobilenet",
     "alpha": 0.25,
@@ -31,10 +30,6 @@ TINY_JOB = {
     "warmup": {"epochs": 1},
     "finetune": {"epochs": 1},
 }
-
-
-def db_url(redis_server, db: int = ROUTE_TEST_DB) -> str:
-    return f"redis://127.0.0.1:{redis_server.port}/{db}"
 
 
 def make_settings(tmp_path: Path, redis_url: str, **overrides) -> Settings:
@@ -67,9 +62,10 @@ def enqueued() -> Recorder:
 
 
 @pytest.fixture
-def settings(tmp_path, redis_server) -> Settings:
-    redis.Redis.from_url(db_url(redis_server)).flushdb()
-    return make_settings(tmp_path, db_url(redis_server))
+def settings(tmp_path, redis_db) -> Settings:
+    """This module's own database on the session's Redis, flushed before each test."""
+    redis.Redis.from_url(redis_db).flushdb()
+    return make_settings(tmp_path, redis_db)
 
 
 @pytest.fixture

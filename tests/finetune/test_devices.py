@@ -67,7 +67,6 @@ def test_import_does_not_load_tensorflow():
 
 
 def test_tensorflow_side_on_this_host():
-    pytest.importorskip("tensorflow")
     import keras
 
     from finetune.ml.devices import apply_precision, detect_gpus, make_strategy

@@ -13,15 +13,13 @@ from finetune.launcher import free_port
 from finetune.ml.spec import JobSpec
 from finetune.stores.jobs import INDEX_KEY, JobStore, eta_seconds, job_key, overall_progress
 
-# The session's Redis is shared with the integration tests (database 0); these tests keep to a
-# database of their own, so clearing it between tests touches only keys they wrote.
-OWN_DB = 13
+# The session's Redis is shared with the integration tests; these tests keep to a database of their
+# own (`redis_db`), so clearing it between tests touches only keys they wrote.
 
 
 @pytest.fixture
-def jobs(redis_server):
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{OWN_DB}"
-    store = JobStore.from_url(url)
+def jobs(redis_db):
+    store = JobStore.from_url(redis_db)
 
     def clear():
         keys = list(store.redis.scan_iter(match="finetune:*"))
@@ -170,7 +168,7 @@ def test_a_cancel_racing_a_start_has_exactly_one_winner(jobs):
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=10)
+            thread.join(timeout=120)  # a hang guard
         status = jobs.get(job_id)["status"]
         if outcome["start"] == "won":
             assert status == "running"

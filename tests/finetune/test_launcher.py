@@ -62,13 +62,13 @@ def test_redis_aof_survives_a_restart(tmp_path):
 def test_stop_kills_the_whole_process_group(tmp_path):
     script = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
     process = ManagedProcess("sleeper", [sys.executable, "-c", script], log_path=tmp_path / "sleeper.log")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # a hang guard
     while not psutil.Process(process.pid).children() and time.monotonic() < deadline:
         time.sleep(0.05)
     grandchild = psutil.Process(process.pid).children()[0].pid
     process.stop(timeout=5)
     assert not pid_exists(process.pid)
-    assert wait_until_dead(grandchild, timeout=5)
+    assert wait_until_dead(grandchild, timeout=120)  # a hang guard
 
 
 def wait_until_dead(pid: int, timeout: float) -> bool:
@@ -86,10 +86,6 @@ def wait_until_dead(pid: int, timeout: float) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not (PROJECT_ROOT / "app" / "main.py").exists() or not (PROJECT_ROOT / "worker" / "celery_app.py").exists(),
-    reason="needs the API and the worker modules",
-)
 def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
     port = free_port()
     env = {
@@ -117,16 +113,16 @@ def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
     )
     children: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # a hang guard
         while http_status(f"http://127.0.0.1:{port}/healthz") != 200:
             assert launcher.poll() is None, f"launcher exited early:\n{launcher.stdout.read()}"
-            assert time.monotonic() < deadline, "API not up within 180s"
+            assert time.monotonic() < deadline, "API not up within 300 s"
             time.sleep(0.5)
         children = psutil.Process(launcher.pid).children(recursive=True)
         assert {"redis", "celery", "uvicorn"} <= {_role(child) for child in children}
 
         launcher.send_signal(signal.SIGINT)
-        output, _ = launcher.communicate(timeout=60)
+        output, _ = launcher.communicate(timeout=120)  # a hang guard
         assert launcher.returncode == 0, output
         assert f"http://127.0.0.1:{port}/docs" in output
         survivors = [child.pid for child in children if pid_exists(child.pid)]

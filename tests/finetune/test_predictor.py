@@ -7,7 +7,6 @@ import io
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -235,7 +234,7 @@ def test_cache_loads_once_under_concurrent_requests(three_models, load_counter):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=120)  # a hang guard
     assert len(got) == 4 and all(p is got[0] for p in got)
     assert load_counter == {ids[1]: 1}
 
@@ -405,7 +404,7 @@ def test_the_batcher_loop_ends_when_idle_and_restarts(monkeypatch):
 
     async def main():
         first = await batcher.predict(tagged(1))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(batcher._task, 120)  # the loop ends by itself once idle (120 s: a hang guard)
         idle_done = batcher._task.done()
         second = await batcher.predict(tagged(2))
         return first, idle_done, second
@@ -415,35 +414,40 @@ def test_the_batcher_loop_ends_when_idle_and_restarts(monkeypatch):
     assert int(first[0, 0]) == 1 and int(second[0, 0]) == 2
 
 
-class SlowPredictor(EchoPredictor):
-    """Holds each forward pass a while and records how many ran at the same time."""
+class GatedPredictor(EchoPredictor):
+    """Each forward pass waits at a barrier of `parties` passes (so `parties` of them must be running at
+    the same moment to go on), and records the most that ran at once. The barrier's timeout only
+    guards against a hang: a batcher that never runs `parties` passes together breaks it."""
 
-    def __init__(self):
+    def __init__(self, parties: int):
         super().__init__()
         self.lock = threading.Lock()
         self.running = self.most_running = 0
+        self.barrier = threading.Barrier(parties, timeout=120)
 
     def predict_pixels(self, pixels):
         with self.lock:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
-        time.sleep(0.05)
-        with self.lock:
-            self.running -= 1
+        try:
+            self.barrier.wait()
+        finally:
+            with self.lock:
+                self.running -= 1
         return super().predict_pixels(pixels)
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 3])
 def test_up_to_concurrency_batches_run_at_once_and_each_caller_gets_its_rows(concurrency):
-    slow = SlowPredictor()
-    batcher = MicroBatcher(slow.predict_pixels, max_batch=2, max_wait_s=0.0, concurrency=concurrency)
+    gated = GatedPredictor(parties=concurrency)
+    batcher = MicroBatcher(gated.predict_pixels, max_batch=2, max_wait_s=0.0, concurrency=concurrency)
 
     async def main():
         return await asyncio.gather(*(batcher.predict(tagged(i)) for i in range(12)))
 
-    results = asyncio.run(main())
-    assert slow.most_running == concurrency
-    assert sum(slow.calls) == 12 and all(size <= 2 for size in slow.calls)
+    results = asyncio.run(main())  # 6 batches of 2: rounds of `concurrency` passes, each let through together
+    assert gated.most_running == concurrency
+    assert sum(gated.calls) == 12 and all(size <= 2 for size in gated.calls)
     assert [int(rows[0, 0]) for rows in results] == list(range(12))
 
 

@@ -11,12 +11,10 @@ from finetune.ml.spec import JobSpec
 from finetune.settings import Settings
 from finetune.stores.jobs import JobStore
 
-OWN_DB = 12
-
 
 @pytest.fixture
-def jobs(redis_server):
-    store = JobStore.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{OWN_DB}")
+def jobs(redis_db):
+    store = JobStore.from_url(redis_db)
     store.redis.flushdb()
     yield store
     store.redis.flushdb()
@@ -44,13 +42,13 @@ def test_only_jobs_whose_worker_went_silent_are_requeued(jobs):
     assert requeue_stale_jobs(jobs, stale_after_s=30, enqueue=enqueued.append) == []
 
 
-def test_the_reaper_thread_sweeps_and_stops(jobs, redis_server):
+def test_the_reaper_thread_sweeps_and_stops(jobs, redis_db):
     stale = running_job(jobs, heartbeat_age_s=60)
-    settings = Settings(redis_url=redis_server.url.rsplit("/", 1)[0] + f"/{OWN_DB}", job_stale_after_s=4)
+    settings = Settings(redis_url=redis_db, job_stale_after_s=4)
     enqueued: list[str] = []
     reaper = Reaper(settings, enqueue=enqueued.append)
     reaper.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # a hang guard: the sweep runs every few seconds
     while not enqueued and time.monotonic() < deadline:
         time.sleep(0.1)
     reaper.stopped.set()

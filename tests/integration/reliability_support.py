@@ -15,7 +15,13 @@ import httpx
 
 from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker
 from finetune.settings import Settings
-from tests.helpers import make_image_bytes
+from tests.helpers import (
+    assert_same_probabilities,
+    learnable_spec,
+    make_image_bytes,
+    reference_results,
+    top_label,
+)
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 JOB_TIMEOUT_S = 420.0  # a tiny job on a busy 2-core CPU, TensorFlow start-up included
@@ -134,8 +140,12 @@ def tree_diff(before: dict[str, int], after: dict[str, int]) -> str:
     return f"added={added[:20]} removed={removed[:20]} changed={changed[:20]}"
 
 
+PROBE_COLOURS = ("red", "blue")
+
+
 def probe_images() -> list[tuple[str, bytes]]:
-    return [(f"probe-{colour}.png", make_image_bytes(colour, 40, seed=99)) for colour in ("red", "blue")]
+    """One image of each class, none of them in the training set (another seed)."""
+    return [(f"probe-{colour}.png", make_image_bytes(colour, 40, seed=99)) for colour in PROBE_COLOURS]
 
 
 def predict(client: httpx.Client, model_id: str, images: list[tuple[str, bytes]], **headers) -> dict:
@@ -151,7 +161,8 @@ def predict(client: httpx.Client, model_id: str, images: list[tuple[str, bytes]]
 
 @dataclass
 class Baseline:
-    """A dataset uploaded and a model trained before a module's tests: they must stay as they were."""
+    """A dataset uploaded and a model trained before a module's tests: they must stay as they were.
+    The model has learnt the colours (`learnable_spec`): each probe image gets its own class."""
 
     dataset: dict
     job: dict
@@ -175,16 +186,19 @@ def make_baseline(
     response = upload_archive(client, "baseline.zip", Path(archive).read_bytes())
     assert response.status_code == 201, response.text
     dataset = response.json()
-    job = submit_job(client, tiny_spec(dataset["id"]))
+    job = submit_job(client, learnable_spec(dataset["id"]))
     job = wait_for_job(client, job["id"], diagnostics=diagnostics)
     assert job["status"] == "succeeded", job
     model = client.get(f"/models/{job['model_id']}").json()
     images = probe_images()
+    predictions = predict(client, model["id"], images)
+    assert [top_label(result) for result in predictions["results"]] == list(PROBE_COLOURS), predictions
+    assert_same_probabilities(predictions["results"], reference_results(model_dir, model["id"], images))
     baseline = Baseline(
         dataset=dataset,
         job=job,
         model=model,
-        predictions=predict(client, model["id"], images),
+        predictions=predictions,
         data_dir=Path(data_dir),
         model_dir=Path(model_dir),
         images=images,
@@ -305,3 +319,35 @@ class Stack:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def predict_status(client: httpx.Client, model_id: str, image: bytes) -> int:
+    files = [("file", ("probe.png", image, "image/png"))]
+    return client.post("/predict", data={"model_id": model_id}, files=files).status_code
+
+
+def assert_deletion_is_seen(first: httpx.Client, second: httpx.Client, model_id: str, image: bytes) -> float:
+    """Both APIs have `model_id` loaded; DELETE /models/{id} through `first` answers 204, after which
+    /predict with that id is 404 in `first` at once, and in `second` (another process, whose cache asks
+    the store again at most every second, as documented) once it has looked. Returns how long
+    `second` took, for the log only: the wait is a hang guard, not a bound."""
+    for client in (first, second):
+        assert predict_status(client, model_id, image) == 200
+    response = first.delete(f"/models/{model_id}")
+    assert response.status_code == 204, response.text
+    deleted = time.monotonic()
+    assert predict_status(first, model_id, image) == 404
+    assert first.get(f"/models/{model_id}").status_code == 404
+    assert model_id not in [m["id"] for m in first.get("/models").json()["data"]]
+    wait_for(
+        lambda: predict_status(second, model_id, image) == 404,
+        timeout=120,
+        interval=0.05,
+        what=f"/predict of deleted model {model_id} to be 404 in the second API",
+    )
+    seconds = time.monotonic() - deleted
+    assert predict_status(second, model_id, image) == 404  # and it stays gone
+    assert second.get(f"/models/{model_id}").status_code == 404
+    assert first.delete(f"/models/{model_id}").status_code == 404
+    print(f"model deletion seen by the second API {seconds:.2f} s after the 204")
+    return seconds

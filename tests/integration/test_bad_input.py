@@ -460,9 +460,10 @@ def test_predict_refuses_too_many_files_and_bad_fields(client, tight_api, baseli
 # --- request size -------------------------------------------------------------------------------
 
 
-def raw_exchange(port: int, head: str, chunks, *, timeout: float = 20.0) -> tuple[bytes, int]:
+def raw_exchange(port: int, head: str, chunks, *, timeout: float = 120.0) -> tuple[bytes, int]:
     """Send `head` then the byte chunks, stopping early as soon as the server answers. Returns the
-    start of the answer and how many body bytes had been sent when it came."""
+    start of the answer and how many body bytes had been sent when it came. `timeout` only guards
+    against a hang (sending stops, and the answer is waited for, at most that long)."""
     sent = 0
     answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -507,13 +508,12 @@ def multipart_head(path: str, port: int, *, length: int | None) -> tuple[str, by
 
 @pytest.mark.parametrize("path", ["/datasets", "/predict"])
 def test_a_declared_length_over_the_limit_gets_413_before_the_body_is_read(live_service, untouched, path):
-    """MAX_UPLOAD_MB is 1024 here: a 2 GiB Content-Length is refused after 1 KB has been sent."""
+    """MAX_UPLOAD_MB is 1024 here: a 2 GiB Content-Length is refused after 1 KB has been sent (so any
+    answer at all came before the body was read)."""
     port = int(live_service.url.rsplit(":", 1)[1])
     head, preamble = multipart_head(path, port, length=2 * 1024**3)
-    started = time.monotonic()
     answer, sent = raw_exchange(port, head, [preamble, b"x" * 1024])
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
-    assert time.monotonic() - started < 10
 
 
 def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(tight_api, live_service, untouched):
@@ -523,9 +523,10 @@ def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(tight_api, live
     framed = [f"{len(preamble):x}\r\n".encode() + preamble + b"\r\n"]
     framed += [f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"] * (512 * 16)  # up to 512 MB
     uploads = Path(live_service.env["CACHE_DIR"]) / "uploads"
-    answer, sent = raw_exchange(tight_api.port, head, framed, timeout=60)
+    answer, sent = raw_exchange(tight_api.port, head, framed)
     print(f"chunked upload: 413 after {sent} bytes sent")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    # a byte count, not a time: refused while streaming, long before the 512 MB end (64x the 1 MB limit)
     assert sent < 64 * 1024 * 1024, f"the server let {sent} bytes in before answering"
     assert not list(uploads.glob(".upload-*"))
 

@@ -3,8 +3,11 @@ API killed mid-job and mid-upload, a crash while saving a model, cancellation, t
 
 These tests break things on purpose, so they run on a private stack (its own Redis with an
 append-only file, API and workers), never on the session's `live_service`. The tests of this
-module share that stack and run in order; each one ends by checking that the dataset and model
-made first are untouched. JOB_STALE_AFTER_S is 10 s and HEARTBEAT_S 1 s here.
+module share that stack but none needs another to have run first (each passes alone and in any
+order: the `intact` fixture brings a worker and the API back); each one ends by checking that the
+dataset and model made first are untouched. JOB_STALE_AFTER_S is 10 s and HEARTBEAT_S 1 s here.
+
+No test asserts how fast something happened; every wait is a hang guard of minutes (HANG_GUARD_S).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STALE_AFTER_S = 10
 HOURS_AGO = time.time() - 3 * 3600
+HANG_GUARD_S = 300  # waits for things that must happen; only a hang would take this long
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -64,7 +68,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(stack):
-    with httpx.Client(base_url=stack.url, timeout=60) as http:
+    with httpx.Client(base_url=stack.url, timeout=120) as http:
         yield http
 
 
@@ -119,19 +123,26 @@ def no_model_of(client: httpx.Client, stack, job_id: str) -> None:
         assert json.loads(manifest.read_text())["job_id"] != job_id
     # the job process removes its checkpoint just after writing the final status
     checkpoint = stack.model_dir / ".checkpoints" / job_id
-    wait_for(lambda: not checkpoint.exists(), timeout=15, interval=0.1, what=f"{checkpoint} removed")
+    wait_for(lambda: not checkpoint.exists(), timeout=HANG_GUARD_S, interval=0.1, what=f"{checkpoint} removed")
 
 
 # --- (e) a crash while saving a model ---------------------------------------------------------------
 
 
+def half_saved_model(stack, baseline, name: str = ".tmp-0badc0ffee000001-x1y2z3") -> Path:
+    """A model save killed after writing both files but before the rename into place."""
+    source = stack.model_dir / baseline.model["id"]
+    manifest = json.loads((source / "manifest.json").read_text())
+    staged = stack.model_dir / name
+    shutil.copytree(source, staged)
+    (staged / "manifest.json").write_text(json.dumps({**manifest, "id": "0badc0ffee000001"}))
+    return staged
+
+
 def test_a_half_saved_model_is_never_listed_or_served(stack, client, baseline, intact):
     source = stack.model_dir / baseline.model["id"]
     manifest = json.loads((source / "manifest.json").read_text())
-    # killed after writing both files but before the rename into place
-    staged = stack.model_dir / ".tmp-0badc0ffee000001-x1y2z3"
-    shutil.copytree(source, staged)
-    (staged / "manifest.json").write_text(json.dumps({**manifest, "id": "0badc0ffee000001"}))
+    staged = half_saved_model(stack, baseline, ".tmp-0badc0ffee000001-listing")
     # a folder holding the model file but no manifest (an object store copy cut short)
     no_manifest = stack.model_dir / "0badc0ffee000002"
     no_manifest.mkdir()
@@ -163,9 +174,8 @@ def test_a_half_saved_model_is_never_listed_or_served(stack, client, baseline, i
     assert cut_dataset.name not in [d["id"] for d in client.get("/datasets").json()["data"]]
     assert client.get(f"/datasets/{cut_dataset.name}").status_code == 404
     assert client.post("/jobs", json=tiny_spec(cut_dataset.name)).status_code == 404
-    for folder in (no_manifest, cut, cut_dataset):
+    for folder in (staged, no_manifest, cut, cut_dataset):
         shutil.rmtree(folder)
-    # the staged copy stays for the start-up clean-up test below
 
 
 # --- (c) Redis restarted --------------------------------------------------------------------------
@@ -177,7 +187,9 @@ def test_job_records_survive_a_redis_restart_and_readyz_follows_redis(stack, cli
     assert client.get("/readyz").status_code == 200
     stack.stop_redis()
     try:
-        wait_for(lambda: client.get("/readyz").status_code == 503, timeout=20, what="/readyz 503 with Redis down")
+        wait_for(
+            lambda: client.get("/readyz").status_code == 503, timeout=HANG_GUARD_S, what="/readyz 503 with Redis down"
+        )
         assert client.get("/readyz").json()["detail"] == "Redis is unreachable"
         assert client.get("/healthz").status_code == 200
         response = client.get(f"/jobs/{baseline.job['id']}")
@@ -188,7 +200,9 @@ def test_job_records_survive_a_redis_restart_and_readyz_follows_redis(stack, cli
         assert client.get(f"/models/{baseline.model['id']}").status_code == 200
     finally:
         stack.start_redis()
-    wait_for(lambda: client.get("/readyz").status_code == 200, timeout=30, what="/readyz 200 after Redis is back")
+    wait_for(
+        lambda: client.get("/readyz").status_code == 200, timeout=HANG_GUARD_S, what="/readyz 200 after Redis is back"
+    )
     after = client.get("/jobs").json()
     assert after == before
     assert client.get("/metrics").status_code == 200
@@ -211,8 +225,7 @@ def test_a_job_goes_on_while_the_api_is_killed_and_restarted(stack, client, base
     store = jobs_store(stack)
     seen = store.get(job["id"])
     # the worker keeps reporting while no API runs
-    wait_for(lambda: store.get(job["id"]) != seen, timeout=60, what="progress with the API down")
-    time.sleep(1)
+    wait_for(lambda: store.get(job["id"]) != seen, timeout=HANG_GUARD_S, what="progress with the API down")
     stack.start_api()
     done = wait_for_job(client, job["id"], diagnostics=stack.logs)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
@@ -221,8 +234,22 @@ def test_a_job_goes_on_while_the_api_is_killed_and_restarted(stack, client, base
     predict(client, done["model_id"], baseline.images)
 
 
+def spooled_bytes(pid: int, spool: Path) -> int:
+    """The size of the biggest file process `pid` holds open under `spool`. Starlette spools a large
+    multipart part to an anonymous temporary file (no name in the folder), seen only through /proc."""
+    biggest = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{spool}/"):
+                biggest = max(biggest, os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+        except OSError:
+            continue
+    return biggest
+
+
 def test_an_api_killed_while_an_upload_streams_in_leaves_nothing(stack, client, baseline, intact):
-    """The body is still arriving when the API dies: no dataset, no spooled file, no temp file."""
+    """The body is still arriving when the API dies: the API had spooled part of it (its temporary file
+    is seen growing), and afterwards there is no dataset, no spooled file, no temp file."""
     datasets_before = client.get("/datasets").json()
     data_before = snapshot(stack.data_dir)
     spool = stack.root / "api-tmp"
@@ -236,12 +263,17 @@ def test_an_api_killed_while_an_upload_streams_in_leaves_nothing(stack, client, 
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
         "Content-Type: application/zip\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+    received = 0
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=HANG_GUARD_S) as sock:
         sock.sendall(head + b"PK\x03\x04")
-        for _ in range(40):  # 10 MB over about 2 s
+        sent = 0
+        # a slow client: a chunk at a time until the API's spool holds 4 MB (at most 280 MB are sent)
+        while received < 4 * 1024 * 1024 and sent < 280 * 1024 * 1024:
             sock.sendall(os.urandom(256 * 1024))
-            time.sleep(0.05)
+            sent += 256 * 1024
+            received = spooled_bytes(stack.api.pid, spool)
         stack.api.kill()
+    assert received >= 4 * 1024 * 1024, f"the API had spooled {received} of {sent} bytes sent"
     assert snapshot(stack.data_dir) == data_before, tree_diff(data_before, snapshot(stack.data_dir))
     assert not list((stack.cache_dir / "uploads").glob(".upload-*"))
     assert not any(spool.iterdir()), list(spool.iterdir())
@@ -279,16 +311,21 @@ def test_an_api_killed_while_it_unpacks_an_upload_leaves_no_dataset_and_start_up
     thread = threading.Thread(target=upload)
     thread.start()
     staging = wait_for(
-        lambda: list(stack.data_dir.glob(".tmp-*")), timeout=60, interval=0.005, what="the upload's staging folder"
+        lambda: list(stack.data_dir.glob(".tmp-*")),
+        timeout=HANG_GUARD_S,
+        interval=0.005,
+        what="the upload's staging folder",
     )
     stack.api.kill()
-    thread.join(30)
+    thread.join(HANG_GUARD_S)
     assert failures and not isinstance(failures[0], int), f"the upload finished before the kill: {failures}"
     spooled = list(uploads.glob(".upload-*"))
     assert spooled, "the spooled upload should still be there after the kill"
     assert client_datasets_unchanged(stack, datasets_before)
-    # make the leftovers look as old as a crash some hours ago; add a model save still in flight
-    for leftover in [*staging, *spooled, stack.model_dir / ".tmp-0badc0ffee000001-x1y2z3"]:
+    # make the leftovers (and a model save killed before its rename) look as old as a crash some hours
+    # ago; add a model save still in flight
+    half_saved = half_saved_model(stack, baseline)
+    for leftover in [*staging, *spooled, half_saved]:
         age(leftover, HOURS_AGO)
     in_flight = stack.model_dir / ".tmp-0badc0ffee000009-inflight"
     in_flight.mkdir()
@@ -300,7 +337,7 @@ def test_an_api_killed_while_it_unpacks_an_upload_leaves_no_dataset_and_start_up
     assert not list(stack.data_dir.glob(".tmp-*")), list(stack.data_dir.iterdir())
     assert not half_deleted.exists()
     assert not list(uploads.glob(".upload-*"))
-    assert not (stack.model_dir / ".tmp-0badc0ffee000001-x1y2z3").exists()
+    assert not half_saved.exists()
     assert in_flight.exists(), "a fresh staging folder (a save in flight elsewhere) must be left alone"
     assert "leftover" in stack.api.output()
     assert client.get("/datasets").json() == datasets_before
@@ -322,7 +359,7 @@ def age(path: Path, when: float) -> None:
 # --- (f) cancellation -----------------------------------------------------------------------------
 
 
-def test_cancelling_a_running_job_stops_it_within_a_batch_and_frees_the_worker(stack, client, baseline, intact):
+def test_cancelling_a_running_job_stops_it_and_frees_the_worker(stack, client, baseline, intact):
     job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=1, finetune=500))
     running = wait_for_job(
         client,
@@ -332,21 +369,19 @@ def test_cancelling_a_running_job_stops_it_within_a_batch_and_frees_the_worker(s
         until=lambda j: j["phase"] == "finetune" and j["batch"] >= 1 or j["status"] in FINAL,
     )
     assert running["status"] == "running", running
-    batch_s = max(row["seconds"] for row in running["history"]) / max(running["batches"], 1)
     started = time.monotonic()
     response = client.post(f"/jobs/{job['id']}/cancel")
     assert response.status_code == 200, response.text
-    done = wait_for_job(client, job["id"], interval=0.02, timeout=60)
+    done = wait_for_job(client, job["id"], interval=0.02, timeout=HANG_GUARD_S)
     stopped_s = time.monotonic() - started
     assert done["status"] == "cancelled", done
-    assert stopped_s < 5.0, f"took {stopped_s:.2f}s to stop (a batch takes about {batch_s:.2f}s)"
     assert finetune_rows(done) < 500
     assert client.post(f"/jobs/{job['id']}/cancel").status_code == 409
     # the worker is free: the next job runs at once
     following = submit_job(client, tiny_spec(baseline.dataset["id"]))
     assert wait_for_job(client, following["id"], diagnostics=stack.logs)["status"] == "succeeded"
     no_model_of(client, stack, job["id"])
-    print(f"cancel: stopped {stopped_s:.2f}s after the request (batch ~{batch_s:.2f}s)")
+    print(f"cancel: stopped {stopped_s:.2f}s after the request (printed, not asserted)")
 
 
 # --- (a) a worker SIGKILLed mid-job --------------------------------------------------------------------
@@ -375,7 +410,7 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_job_resumes_from_its_chec
 
     stack.start_worker()
     resumed = wait_for_job(
-        client, job["id"], until=lambda j: j["attempts"] >= 2, timeout=STALE_AFTER_S + 40, diagnostics=stack.logs
+        client, job["id"], until=lambda j: j["attempts"] >= 2, timeout=HANG_GUARD_S, diagnostics=stack.logs
     )
     taken_over_s = time.monotonic() - killed
     done = wait_for_job(client, job["id"], diagnostics=stack.logs)
@@ -385,15 +420,18 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_job_resumes_from_its_chec
     # resumed, not restarted: the rows recorded before the kill are the very same rows
     assert done["history"][:saved_rows] == checkpoint["history"]
     assert done["history"][: len(at_kill["history"])] == at_kill["history"]
-    assert taken_over_s < STALE_AFTER_S + 30, taken_over_s
     # the API and every worker sweep for stale jobs; whichever held the lock re-queued it
     assert any("re-queued to resume" in process.output() for process in [*stack.apis, *stack.workers])
     assert done["model_id"] in [m["id"] for m in client.get("/models").json()["data"]]
     wait_for(
-        lambda: not (stack.model_dir / ".checkpoints" / job["id"]).exists(), timeout=15, what="the checkpoint removed"
+        lambda: not (stack.model_dir / ".checkpoints" / job["id"]).exists(),
+        timeout=HANG_GUARD_S,
+        what="the checkpoint removed",
     )
     assert resumed["status"] in ("running", "succeeded")
-    print(f"worker kill: job taken over {taken_over_s:.1f}s after the kill, resumed after {saved_rows} epochs")
+    print(
+        f"worker kill: job taken over {taken_over_s:.1f}s after the kill (not asserted), resumed after {saved_rows} epochs"
+    )
 
 
 def test_a_job_cancelled_while_its_worker_is_dead_ends_cancelled_without_leftovers(stack, client, baseline, intact):
@@ -415,7 +453,7 @@ def test_a_job_cancelled_while_its_worker_is_dead_ends_cancelled_without_leftove
     response = client.post(f"/jobs/{job['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "running"  # flagged; nobody to stop
     stack.start_worker()
-    done = wait_for_job(client, job["id"], timeout=STALE_AFTER_S + 40, diagnostics=stack.logs)
+    done = wait_for_job(client, job["id"], timeout=HANG_GUARD_S, diagnostics=stack.logs)
     assert done["status"] == "cancelled", done
     no_model_of(client, stack, job["id"])
 
@@ -424,32 +462,29 @@ def test_a_job_cancelled_while_its_worker_is_dead_ends_cancelled_without_leftove
 
 
 def test_a_job_whose_process_keeps_dying_ends_failed_after_max_attempts(stack, client, baseline, intact):
+    while len(stack.live_workers()) > 1:
+        stack.live_workers()[-1].stop()
     worker = stack.live_workers()[0]
     job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=1, finetune=500))
     max_attempts = 3
-    retried_after = []
-    killed = None
     for attempt in range(1, max_attempts + 1):
         wait_for_job(
             client,
             job["id"],
             until=lambda j, a=attempt: j["attempts"] == a,
-            timeout=STALE_AFTER_S + 40,
+            timeout=HANG_GUARD_S,
             interval=0.05,
             diagnostics=stack.logs,
         )
-        if killed is not None:
-            retried_after.append(time.monotonic() - killed)
         children = wait_for(
             lambda: runner_processes(worker, job["id"]),
-            timeout=30,
+            timeout=HANG_GUARD_S,
             interval=0.05,
             what=f"the job process of attempt {attempt}",
         )
         for child in children:
             child.kill()
-        killed = time.monotonic()
-    done = wait_for_job(client, job["id"], timeout=STALE_AFTER_S + 60, diagnostics=stack.logs)
+    done = wait_for_job(client, job["id"], timeout=HANG_GUARD_S, diagnostics=stack.logs)
     assert done["status"] == "failed", done
     assert done["attempts"] == max_attempts
     assert done["error"]["type"] == "WorkerLost"
@@ -457,11 +492,18 @@ def test_a_job_whose_process_keeps_dying_ends_failed_after_max_attempts(stack, c
     assert worker.is_alive(), "the worker survives its job process dying"
     no_model_of(client, stack, job["id"])
     assert not (stack.cache_dir / "decoded" / job["id"]).exists()
-    # the worker runs a crashed job process again at once, not after the reaper's JOB_STALE_AFTER_S
-    assert all(seconds < STALE_AFTER_S for seconds in retried_after), retried_after
+    # the worker itself ran the crashed job process again (no wait for the reaper's JOB_STALE_AFTER_S):
+    # its task loop logged each rerun, and no sweep re-queued the job
+    reruns = [line for line in worker.output().splitlines() if f"job {job['id']} process exited" in line]
+    assert len(reruns) == max_attempts, "\n".join(reruns)
+    assert all("running it again" in line for line in reruns), "\n".join(reruns)
+    assert not any(
+        job["id"] in line and "re-queued" in line
+        for process in [*stack.apis, *stack.workers]
+        for line in process.output().splitlines()
+    )
     following = submit_job(client, tiny_spec(baseline.dataset["id"]))
     assert wait_for_job(client, following["id"], diagnostics=stack.logs)["status"] == "succeeded"
-    print(f"crashing job: retried {[round(s, 1) for s in retried_after]} s after each kill; ended failed")
 
 
 # --- (g) the time limit --------------------------------------------------------------------------------
@@ -473,12 +515,12 @@ def test_a_job_past_its_time_limit_ends_failed_saying_so(stack, client, baseline
     stack.start_worker(JOB_TIME_LIMIT_S="20")
     try:
         job = submit_job(client, tiny_spec(baseline.dataset["id"], warmup=1, finetune=500))
-        done = wait_for_job(client, job["id"], timeout=120, diagnostics=stack.logs)
+        done = wait_for_job(client, job["id"], timeout=HANG_GUARD_S, diagnostics=stack.logs)
         assert done["status"] == "failed", done
         assert done["error"]["type"] == "JobTimedOut"
         assert "time limit" in done["error"]["message"] and "20 s" in done["error"]["message"]
         ran_s = (datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])).seconds
-        assert 20 <= ran_s < 20 + 30, ran_s
+        assert ran_s >= 20, ran_s  # it ran until its limit (how soon after it stopped is not asserted)
         no_model_of(client, stack, job["id"])
     finally:
         for worker in stack.live_workers():

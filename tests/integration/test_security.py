@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 import httpx
 import pytest
 
+from tests.helpers import assert_same_probabilities, top_label
 from tests.integration.reliability_support import (
+    PROBE_COLOURS,
     assert_baseline_intact,
     predict,
     tiny_spec,
@@ -101,7 +102,10 @@ def test_bearer_and_x_api_key_both_work_with_either_key(secured, baseline):
             assert baseline.dataset["id"] in [d["id"] for d in response.json()["data"]]
             assert secured.get("/metrics", headers=headers).status_code == 200
         result = predict(secured, baseline.model["id"], baseline.images, **{"X-API-Key": key})
-        assert result == baseline.predictions or result["model_id"] == baseline.model["id"]
+        assert result["model_id"] == baseline.model["id"]
+        # the probe images' own classes, with the probabilities the Python Predictor gave (see make_baseline)
+        assert [top_label(r) for r in result["results"]] == list(PROBE_COLOURS), result
+        assert_same_probabilities(result["results"], baseline.predictions["results"])
     assert_baseline_intact(secured, baseline, **{"X-API-Key": KEYS[1]})
 
 
@@ -169,17 +173,17 @@ def test_cors_allows_only_the_configured_origin(secured, baseline):
 
 
 def test_an_upload_without_a_key_is_refused_before_its_body_is_read(secured, baseline):
-    """Without a key the API answers 401 at once instead of reading (and spooling) a large body first."""
+    """Without a key the API answers 401 instead of reading (and spooling) a large body first: only
+    64 KiB of the 200 MB announced are ever sent, so any answer at all came before the body was read.
+    (The socket's 120 s timeout only guards against a hang.)"""
     port = int(str(secured.base_url).rsplit(":", 1)[1].rstrip("/"))
     head = (
         f"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 209715200\r\n\r\n"
         '--b\r\nContent-Disposition: form-data; name="file"; filename="x.zip"\r\n\r\n'
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         sock.sendall(head.encode() + b"x" * 65536)
-        started = time.monotonic()
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
-    assert time.monotonic() - started < 5
     assert_baseline_intact(secured, baseline, **bearer(KEYS[0]))

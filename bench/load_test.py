@@ -6,7 +6,7 @@ or an existing `--job-id`). Prints requests, errors, p50/p95/p99 latencies, and 
 before and after (psutil, with `--api-pid`). Stops by itself: at most MAX_DURATION_S seconds and
 MAX_REQUESTS requests, whatever is asked.
 
-    python tests/load/load_test.py --url http://127.0.0.1:8000 --duration 10 --dataset-id ID \\
+    python -m bench.load_test --url http://127.0.0.1:8000 --duration 10 --dataset-id ID \\
         [--model-id ID] [--api-pid PID] [--json summary.json]
 """
 
