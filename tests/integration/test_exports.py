@@ -6,9 +6,10 @@ service's KERAS_HOME as an air-gapped host would) on 64 px colour images; the wo
 exports, each is downloaded and run in a fresh process with its own runtime on image *files*
 (SavedModel: `tf.saved_model.load` and the `serving_default` signature on the raw bytes, as TF Serving
 calls it; LiteRT float and int8: the LiteRT interpreter; ONNX: onnxruntime), and the answers are
-compared with what `/predict` answers for the same files. Then: a running export cancelled (its
-process killed), an export whose dataset was deleted (built, parity recorded as unavailable), and
-the model's deletion taking its exports along.
+compared with what `/predict` answers for the same files. Then, each on a copy of the model (the
+tests run in random order): a running export cancelled (its process killed), exports whose dataset is
+gone (built, parity recorded as unavailable; int8, which needs it to calibrate, failed), and the
+model's deletion taking its exports along.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.helpers import make_image_bytes
@@ -257,16 +260,36 @@ def test_downloaded_exports_answer_like_the_served_model_in_a_fresh_process(clie
             assert labels == served, (fmt, labels, served)
 
 
-def test_a_running_export_is_cancelled_and_its_process_stopped(client, live_service, trained, built):
-    model_id = trained["model_id"]
-    response = client.post(f"/models/{model_id}/exports", json={"format": "onnx", "rebuild": True})
+@pytest.fixture
+def clone(live_service, trained):
+    """A copy of the trained model under a new id (the tests' order is random: these tests change or
+    delete what they work on, so each gets its own), optionally pointing at another dataset id."""
+
+    def make(dataset_id: str | None = None) -> str:
+        new_id = uuid.uuid4().hex[:16]
+        source, target = live_service.model_dir / trained["model_id"], live_service.model_dir / new_id
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("exports", "manifest.json"))
+        manifest = json.loads((source / "manifest.json").read_text())
+        manifest.pop("exports", None)
+        manifest["id"] = new_id
+        if dataset_id is not None:
+            manifest["dataset_id"] = dataset_id
+        (target / "manifest.json").write_text(json.dumps(manifest))
+        return new_id
+
+    return make
+
+
+def test_a_running_export_is_cancelled_and_its_process_stopped(client, live_service, clone):
+    model_id = clone()
+    response = client.post(f"/models/{model_id}/exports", json={"format": "onnx"})
     assert response.status_code == 202, response.text
     build_id = response.json()["id"]
     _wait(
         client,
         f"/models/{model_id}/exports/onnx",
         lambda r: r["status"] != "queued",
-        what="onnx rebuild",
+        what="onnx export",
         live_service=live_service,
     )
     cancelled = client.post(f"/models/{model_id}/exports/onnx/cancel")
@@ -275,7 +298,7 @@ def test_a_running_export_is_cancelled_and_its_process_stopped(client, live_serv
         client,
         f"/models/{model_id}/exports/onnx",
         lambda r: r["status"] in FINAL,
-        what="cancelled onnx",
+        what="cancelled onnx export",
         live_service=live_service,
         timeout=60,
     )
@@ -283,35 +306,36 @@ def test_a_running_export_is_cancelled_and_its_process_stopped(client, live_serv
     if cancelled.status_code == 200:
         assert record["status"] == "cancelled" and record["download_url"] is None
         assert client.get(f"/models/{model_id}/exports/onnx/download").status_code == 409
+        assert not any(
+            "finetune.execution.exporter" in " ".join(p.cmdline()) and model_id in p.cmdline()
+            for p in psutil.process_iter(["cmdline"])
+        )
 
 
-def test_without_its_dataset_an_export_is_built_and_says_parity_is_unavailable(client, live_service, trained, built):
-    model_id, dataset_id = trained["model_id"], trained["dataset"]["id"]
-    assert client.delete(f"/datasets/{dataset_id}").status_code == 204
-    response = client.post(f"/models/{model_id}/exports", json={"format": "litert", "rebuild": True})
-    assert response.status_code == 202, response.text
-    record = _wait(
-        client,
-        f"/models/{model_id}/exports/litert",
-        lambda r: r["status"] in FINAL,
-        what="litert without dataset",
-        live_service=live_service,
+def test_without_its_dataset_an_export_is_built_and_says_parity_is_unavailable(client, live_service, clone):
+    model_id = clone(dataset_id="deleted0dataset")
+    for fmt in ("litert", "litert_int8"):
+        assert client.post(f"/models/{model_id}/exports", json={"format": fmt}).status_code == 202
+    litert, int8 = (
+        _wait(
+            client,
+            f"/models/{model_id}/exports/{fmt}",
+            lambda r: r["status"] in FINAL,
+            what=f"{fmt} export without its dataset",
+            live_service=live_service,
+        )
+        for fmt in ("litert", "litert_int8")
     )
-    assert record["status"] == "succeeded", record
-    assert record["parity"]["available"] is False and dataset_id in record["parity"]["reason"]
-    int8 = client.post(f"/models/{model_id}/exports", json={"format": "litert_int8", "rebuild": True}).json()
-    int8 = _wait(
-        client,
-        f"/models/{model_id}/exports/litert_int8",
-        lambda r: r["id"] == int8["id"] and r["status"] in FINAL,
-        what="int8 without dataset",
-        live_service=live_service,
-    )
+    assert litert["status"] == "succeeded", litert
+    assert litert["parity"]["available"] is False and "deleted0dataset" in litert["parity"]["reason"]
+    assert litert["flagged"] is False
     assert int8["status"] == "failed" and "calibrated" in int8["error"]["message"]
 
 
-def test_deleting_the_model_deletes_its_exports(client, live_service, trained, built):
-    model_id = trained["model_id"]
+def test_deleting_the_model_deletes_its_exports(client, live_service, clone):
+    model_id = clone()
+    assert client.post(f"/models/{model_id}/exports", json={"format": "litert"}).status_code == 202
+    assert (live_service.model_dir / model_id / "exports" / "litert" / "export.json").is_file()
     assert client.delete(f"/models/{model_id}").status_code == 204
     assert client.get(f"/models/{model_id}/exports").status_code == 404
     assert not (live_service.model_dir / model_id).exists()

@@ -1,7 +1,8 @@
-// #/models (list) and #/models/{id} (reports, confusion matrix, timings, curves, download, delete, try it).
+// #/models (list) and #/models/{id} (reports, confusion matrix, timings, curves, download, delete, try it, exports).
 
 import { api, items, request } from "../api.js";
 import { trainingCurves } from "../charts.js";
+import { exportsPanel } from "./model_exports.js";
 import {
   DASH,
   confirmDialog,
@@ -117,6 +118,7 @@ export async function modelPage(root, ctx, [id]) {
       h("div", { class: "actions" }, downloadBtn, deleteBtn),
     ),
     tryIt(ctx, m),
+    exportsPanel(ctx, m),
     h(
       "section",
       { class: "card", "aria-labelledby": "final-eval-title" },
