@@ -2,7 +2,7 @@
 
 Flow: upload a dataset archive through the file input, see its classes and the counts chart, start a tiny
 job from the form, watch it reach 100% without a page reload, see both training curves and the confusion
-matrix, then predict an image on the model page. Every page is also checked at phone width and in the dark
+matrix, then predict an image on the model page and build an export. Every page is also checked at phone width and in the dark
 colour scheme. Screenshots go to artifacts/screenshots/ (git-ignored).
 
 The browser is Debian's /usr/bin/chromium (`make install` puts it there); a missing browser is an error,
@@ -318,6 +318,15 @@ def test_dashboard_end_to_end(live_service, browser, tmp_path):
         assert len(labels) == 2 and set(labels) <= {"red", "blue"}, labels
         expect(results.first.get_by_test_id("prediction-bar")).to_have_count(2)
         shot(page, "06-model")
+
+        # exports (issue 13): a row per format; build the LiteRT one and see its parity and download
+        exports = page.get_by_test_id("model-exports")
+        expect(exports.get_by_test_id("export-row")).to_have_count(4)
+        exports.get_by_test_id("export-build-litert").click()
+        expect(exports.get_by_test_id("export-agreement-litert")).to_contain_text("%", timeout=JOB_TIMEOUT_MS)
+        expect(exports.get_by_test_id("export-download-litert")).to_be_visible()
+        expect(exports.get_by_test_id("export-build-litert")).to_have_text("Rebuild")
+        shot(page, "06b-model-exports")
 
         # ------------------------------------------------------------ the models list, reached with the keyboard
         page.get_by_test_id("nav-models").focus()

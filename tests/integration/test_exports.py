@@ -255,7 +255,8 @@ def test_downloaded_exports_answer_like_the_served_model_in_a_fresh_process(clie
     assert out["litert_int8_input"] == ["uint8", [1.0, 0.0]]  # raw pixel values go in as they are
     for fmt in FORMATS:
         labels = [classes[max(range(len(row)), key=row.__getitem__)] for row in out[fmt]]
-        assert all(abs(sum(row) - 1.0) < 1e-3 for row in out[fmt]), (fmt, out[fmt])
+        tolerance = 1e-2 if fmt == "litert_int8" else 1e-3  # int8 probabilities come in steps of 1/256
+        assert all(abs(sum(row) - 1.0) < tolerance for row in out[fmt]), (fmt, out[fmt])
         if fmt != "litert_int8" or not built[fmt]["flagged"]:
             assert labels == served, (fmt, labels, served)
 
