@@ -15,8 +15,8 @@ from fastapi.staticfiles import StaticFiles
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import AppMetrics
-from app.queue import make_enqueue
-from app.routers import aliases, backbones, datasets, health, jobs, models, predict
+from app.queue import make_enqueue, make_enqueue_export
+from app.routers import aliases, backbones, datasets, exports, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.errors import NotFound
 from finetune.execution.reaper import start_reaper
@@ -67,7 +67,7 @@ def _remove_leftovers(service: Service, settings: Settings) -> None:
         log.warning("removed %d leftover(s) of interrupted uploads and saves: %s", len(removed), ", ".join(removed))
 
 
-def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export=None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (`make run` starts an embedded Redis and sets it)")
@@ -92,7 +92,11 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
     if enqueue is None:  # not `enqueue or ...`: a recording enqueue may be falsy (an empty list)
         enqueue = make_enqueue(settings.redis_url)
     app.state.metrics = AppMetrics(lambda: app.state.service)
-    app.state.service = Service.from_settings(settings, enqueue=enqueue, on_batch=app.state.metrics.observe_batch)
+    if enqueue_export is None:
+        enqueue_export = make_enqueue_export(settings.redis_url)
+    app.state.service = Service.from_settings(
+        settings, enqueue=enqueue, on_batch=app.state.metrics.observe_batch, enqueue_export=enqueue_export
+    )
     install_error_handlers(app)
 
     protected = [Depends(require_api_key)]
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None, *, enqueue=None) -> FastAPI:
         jobs.router,
         models.router,
         aliases.router,
+        exports.router,
         predict.router,
         backbones.router,
         health.metrics_router,

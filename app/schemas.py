@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from finetune.ml.spec import JobSpec
-from finetune.stores.records import AliasRecord, DatasetRecord, JobRecord, ModelManifest
+from finetune.stores.records import AliasRecord, DatasetRecord, ExportFormat, ExportRecord, JobRecord, ModelManifest
 
 T = TypeVar("T")
 
@@ -191,3 +191,19 @@ class LayerPublic(BaseModel):
 
 class Message(BaseModel):
     detail: str
+
+
+# --- exports (issue 13) ---------------------------------------------------------------------------
+
+
+class ExportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"format": "onnx"}]})
+
+    format: ExportFormat
+    rebuild: bool = Field(
+        default=False, description="build a succeeded export again (else 409); failed or cancelled ones always are"
+    )
+
+
+class ExportPublic(ExportRecord):
+    """An export of a model: its build's status, its parity with the served model, where to download it."""

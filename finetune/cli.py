@@ -1,4 +1,4 @@
-"""The `finetune` command: train, predict, layers, serve."""
+"""The `finetune` command: train, predict, layers, serve, export."""
 
 from __future__ import annotations
 
@@ -147,7 +147,69 @@ def command_serve(args) -> int:
     return run_local_service(get_settings())
 
 
+def command_export(args) -> int:
+    """Build one export of a model folder (the worker's code), measure it against the model on its
+    held-out images, write the file to --out and print the figures as JSON."""
+    import shutil
+    import tempfile
+
+    from finetune.ml.export import ARTIFACT_FILES, export_and_measure
+    from finetune.settings import get_settings
+    from finetune.stores.models import MANIFEST_FILE, MODEL_FILE
+
+    folder = Path(args.model)
+    if not (folder / MANIFEST_FILE).exists():
+        print(f"error: {folder} is not a model folder (no {MANIFEST_FILE})", file=sys.stderr)
+        return 2
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    dataset_dir, missing = _export_dataset(args.dataset, manifest, get_settings().data_dir)
+    out = Path(args.out or f"{manifest['id']}-{ARTIFACT_FILES[args.format]}")
+    with tempfile.TemporaryDirectory(prefix="finetune-export-") as scratch:
+        try:
+            outcome = export_and_measure(
+                folder / MODEL_FILE,
+                manifest,
+                args.format,
+                Path(scratch),
+                dataset_dir=dataset_dir,
+                dataset_missing_reason=missing,
+            )
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(outcome.artifact, out)
+    report = {
+        "format": args.format,
+        "file": str(out.resolve()),
+        "size_bytes": outcome.size_bytes,
+        "unpacked_bytes": outcome.unpacked_bytes,
+        "build_seconds": outcome.build_seconds,
+        "input": outcome.input,
+        "parity": outcome.parity,
+        "flagged": outcome.flag_reason is not None,
+        "flag_reason": outcome.flag_reason,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _export_dataset(given: str | None, manifest: dict, data_dir: str) -> tuple[Path | None, str | None]:
+    """--dataset, else the model's dataset in DATA_DIR when it is a local folder, else None and why."""
+    if given:
+        return Path(given), None
+    dataset_id = manifest.get("dataset_id")
+    if not dataset_id:
+        return None, "the model names no dataset: pass --dataset (the folder it was trained on) to measure parity"
+    candidate = Path(data_dir) / dataset_id / "images"
+    if "://" in str(data_dir) or not candidate.is_dir():
+        return None, f"dataset {dataset_id!r} is not in {data_dir}: pass --dataset to measure parity"
+    return candidate, None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from finetune.ml.export import FORMATS
+
     parser = argparse.ArgumentParser(prog="finetune", description="Fine-tune an ImageNet backbone on your images.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -177,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     layers_parser.add_argument("backbone")
     layers_parser.add_argument("--alpha", type=float, default=None)
     layers_parser.set_defaults(run=command_layers)
+
+    export_parser = commands.add_parser(
+        "export", help="export a model folder as savedmodel, litert, litert_int8 or onnx; prints its parity"
+    )
+    export_parser.add_argument("model", help="a model folder (holding manifest.json and model.keras)")
+    export_parser.add_argument("--format", required=True, choices=FORMATS)
+    export_parser.add_argument("--out", help="the file to write (default: <model id>-<format's file name> here)")
+    export_parser.add_argument(
+        "--dataset", help="the class-per-folder dataset the model was trained on (default: its id in $DATA_DIR)"
+    )
+    export_parser.set_defaults(run=command_export)
 
     serve_parser = commands.add_parser("serve", help="start Redis (embedded), a worker and the API, like `make run`")
     serve_parser.set_defaults(run=command_serve)

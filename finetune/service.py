@@ -17,10 +17,12 @@ from finetune.settings import Settings
 from finetune.states import ACTIVE_STATUSES, JobStatus
 from finetune.stores.archive import ArchiveLimits
 from finetune.stores.datasets import DatasetStore
+from finetune.stores.exports import ExportStore
 from finetune.stores.jobs import JobStore
 from finetune.stores.models import MANIFEST_FILE, ModelStore
 
 Enqueue = Callable[[str], None]
+EnqueueExport = Callable[[str, str, str], None]  # (model_id, format, build_id)
 
 
 @dataclass
@@ -31,9 +33,18 @@ class Service:
     jobs: JobStore
     predictors: PredictorCache
     enqueue: Enqueue
+    exports: ExportStore | None = None
+    enqueue_export: EnqueueExport | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, enqueue: Enqueue, on_batch: BatchObserver | None = None) -> Service:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        enqueue: Enqueue,
+        on_batch: BatchObserver | None = None,
+        enqueue_export: EnqueueExport | None = None,
+    ) -> Service:
         """The stores and the serving cache from `settings`; `on_batch` observes every forward pass of /predict."""
         batching = BatchingOptions(
             max_batch=settings.predict_max_batch,
@@ -54,6 +65,8 @@ class Service:
             jobs=JobStore.from_url(settings.redis_url),
             predictors=PredictorCache(models, size=settings.model_cache_size, batching=batching),
             enqueue=enqueue,
+            exports=ExportStore(models),
+            enqueue_export=enqueue_export,
         )
 
     def delete_dataset(self, dataset_id: str) -> None:
@@ -167,3 +180,22 @@ class Service:
         if self.models.location.exists(name, MANIFEST_FILE):
             raise Conflict(f"{name!r} is a model id; an alias must not shadow a model")
         return self.models.aliases.set(name, self.models.resolve(ref)["id"])
+
+    # --- exports (issue 13) ---------------------------------------------------------------------
+
+    def create_export(self, model_id: str, fmt: str, *, rebuild: bool = False) -> dict:
+        """A queued export record, sent to the workers; 409 when one of the format is queued or running
+        (or succeeded, unless `rebuild`)."""
+        record = self.exports.create(model_id, fmt, rebuild=rebuild)
+        try:
+            if self.enqueue_export is None:
+                raise RuntimeError("this service has no export queue")
+            self.enqueue_export(model_id, fmt, record["id"])
+        except Exception as error:
+            self.exports.finish(
+                record,
+                JobStatus.FAILED,
+                error={"type": type(error).__name__, "message": f"could not enqueue the export: {error}"},
+            )
+            raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
+        return record

@@ -1,4 +1,5 @@
-"""The one task: run a job in a child process, so each job gets a fresh TensorFlow and returns its memory."""
+"""The tasks: run a job, or build a model's export, in a child process, so each gets a fresh TensorFlow and
+returns its memory."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ import ctypes
 import logging
 import signal
 import subprocess
+import time
 
-from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, RUN_JOB_TASK, runner_command, worker_id
+from finetune.errors import NotFound
+from finetune.execution.protocol import (
+    BUILD_EXPORT_TASK,
+    EXIT_DONE,
+    EXIT_OWNED_ELSEWHERE,
+    RUN_JOB_TASK,
+    exporter_command,
+    runner_command,
+    worker_id,
+)
 from finetune.settings import get_settings
 from finetune.states import FINAL_STATUSES, JobStatus
 from finetune.stores.jobs import JobStore
@@ -57,3 +68,40 @@ def run_job(job_id: str) -> str:
                 raise JobProcessFailed(f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
             return record["status"]
         log.warning("job %s process exited with %s while %s; running it again", job_id, code, record["status"])
+
+
+# --- exports (issue 13) -------------------------------------------------------------------------
+
+EXPORT_CANCEL_POLL_S = 0.5
+
+
+@app.task(name=BUILD_EXPORT_TASK, acks_late=True, reject_on_worker_lost=True)
+def build_export(model_id: str, fmt: str, build_id: str) -> str:
+    """Runs the export's process to its end; a cancel request kills the process (a conversion cannot be
+    interrupted from inside) and records the build cancelled."""
+    from finetune.execution.exporter import export_store
+
+    store = export_store(get_settings())
+    process = subprocess.Popen(exporter_command(model_id, fmt, build_id), preexec_fn=_die_with_parent)
+    while process.poll() is None:
+        try:
+            cancelled = store.cancel_requested(model_id, fmt, build_id)
+        except Exception:  # the store unreachable for a moment: ask again at the next poll
+            log.warning("could not check export %s/%s for a cancel", model_id, fmt, exc_info=True)
+            cancelled = False
+        if cancelled:
+            process.kill()
+            process.wait()
+            break
+        time.sleep(EXPORT_CANCEL_POLL_S)
+    try:
+        record = store.get(model_id, fmt)
+    except NotFound:
+        store.remove_leftovers(model_id)
+        return "model deleted"
+    if record["id"] != build_id or record["status"] in FINAL_STATUSES:
+        return record["status"]
+    if store.cancel_requested(model_id, fmt, build_id):
+        return store.finish(record, JobStatus.CANCELLED)["status"]
+    message = f"the export process exited with code {process.returncode} before finishing"
+    return store.finish(record, JobStatus.FAILED, error={"type": "ExportProcessFailed", "message": message})["status"]

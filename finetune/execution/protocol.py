@@ -28,3 +28,16 @@ def worker_id(pid: int | None = None) -> str:
 RUN_JOB_TASK = "finetune.run_job"
 # The queue the workers consume and the API sends to.
 JOB_QUEUE = "finetune"
+
+
+# --- exports (issue 13) -------------------------------------------------------------------------
+
+# The Celery task that builds one export of a model: sent by the API, registered by the worker. It goes
+# to JOB_QUEUE, so a worker runs jobs and exports one at a time, in the order they were asked for.
+BUILD_EXPORT_TASK = "finetune.build_export"
+EXPORTER_MODULE = "finetune.execution.exporter"
+
+
+def exporter_command(model_id: str, fmt: str, build_id: str) -> list[str]:
+    """The command line of the process that builds one export (never the API's or the worker's own)."""
+    return [sys.executable, "-m", EXPORTER_MODULE, model_id, fmt, build_id]

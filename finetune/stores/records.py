@@ -9,11 +9,12 @@ that newer versions add."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from finetune.ids import new_id, now_iso
+from finetune.ml.export import FORMATS
 from finetune.states import JobStatus, Phase
 
 
@@ -153,3 +154,53 @@ class AliasRecord(Record):
     def previous_model_id(self) -> str | None:
         """The model this alias pointed to before its current one."""
         return self.history[-2].model_id if len(self.history) >= 2 else None
+
+
+# --- exports (issue 13): `<model>/exports/<format>/export.json` ------------------------------------
+
+ExportFormat = Literal[FORMATS]  # type: ignore[valid-type]
+
+
+class ExportParity(BaseModel):
+    """The export against the served Keras model on the model's held-out images (`available: false`
+    with the reason when they cannot be had, e.g. the dataset was deleted)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    available: bool
+    reason: str | None = None
+    images: int = 0
+    agreement: float | None = Field(default=None, description="top-1 agreement with the served model, 0..1")
+    max_abs_diff: float | None = Field(default=None, description="largest absolute probability difference")
+    accuracy: float | None = Field(default=None, description="the export's own accuracy on the held-out images")
+    keras_accuracy: float | None = Field(default=None, description="the served model's, on the same images")
+    latency_ms: float | None = Field(default=None, description="median single-image latency on the worker")
+    keras_latency_ms: float | None = None
+
+
+class ExportRecord(Record):
+    """One export of a model, as the worker builds it and `GET /models/{id}/exports/{format}` shows it."""
+
+    id: str = Field(description="this build (a rebuild gets a new one)")
+    model_id: str
+    format: ExportFormat
+    status: JobStatus
+    error: JobError | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+    file: str | None = Field(default=None, description="the download's file name")
+    size_bytes: int | None = Field(default=None, description="the download's size")
+    unpacked_bytes: int | None = Field(default=None, description="a SavedModel folder's size on disk")
+    build_seconds: float | None = None
+    input: dict[str, Any] | None = Field(default=None, description="what the export takes")
+    parity: ExportParity | None = None
+    flagged: bool = Field(default=False, description="parity below the format's bar (float 0.999, int8 0.98)")
+    flag_reason: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    download_url: str | None = Field(default=None, description="set by the API once succeeded")
+
+    @classmethod
+    def new(cls, model_id: str, fmt: str) -> ExportRecord:
+        return cls(id=new_id(), model_id=model_id, format=fmt, status=JobStatus.QUEUED, created_at=now_iso())

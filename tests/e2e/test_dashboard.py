@@ -4,7 +4,7 @@ Flow, against an API with API_KEYS set: the page asks for the key on the first 4
 every later request carries it, the job's event stream included. Upload a dataset archive through the file
 input, see its classes and the counts chart, start a small job from the form (VGG16 on random weights, a
 warmup that learns the colours), watch it reach 100% without a page reload, see both training curves and
-the confusion matrix, then predict a red and a blue image on the model page: each gets its own label.
+the confusion matrix, then predict a red and a blue image on the model page: each gets its own label; and build an export.
 Every page is also checked at phone width and in the dark colour scheme. A short second test opens the
 dashboard on the open API (no keys): no dialog, no key sent. Screenshots go to artifacts/screenshots/
 (git-ignored).
@@ -387,6 +387,15 @@ def test_dashboard_end_to_end_with_an_api_key(keyed_url, browser, tmp_path):
         assert labels == ["red", "blue"], labels
         expect(results.first.get_by_test_id("prediction-bar")).to_have_count(2)
         shot(page, "06-model")
+
+        # exports (issue 13): a row per format; build the LiteRT one and see its parity and download
+        exports = page.get_by_test_id("model-exports")
+        expect(exports.get_by_test_id("export-row")).to_have_count(4)
+        exports.get_by_test_id("export-build-litert").click()
+        expect(exports.get_by_test_id("export-agreement-litert")).to_contain_text("%", timeout=JOB_TIMEOUT_MS)
+        expect(exports.get_by_test_id("export-download-litert")).to_be_visible()
+        expect(exports.get_by_test_id("export-build-litert")).to_have_text("Rebuild")
+        shot(page, "06b-model-exports")
 
         # ------------------------------------------------------------ the models list, reached with the keyboard
         page.get_by_test_id("nav-models").focus()

@@ -1,9 +1,10 @@
-// #/models (list) and #/models/{id} (reports, confusion matrix, timings, curves, download, delete, try it).
+// #/models (list) and #/models/{id} (reports, confusion matrix, timings, curves, download, delete, try it, exports).
 
 import { api, items, request } from "../api.js";
 import { trainingCurves } from "../charts.js";
 import { aliasBadges, aliasPanel, loadAliases } from "./aliases.js";
 import { cellImages, heatmapToggle, precisionRecall } from "./evaluation.js";
+import { exportsPanel } from "./model_exports.js";
 import {
   DASH,
   confirmDialog,
@@ -127,6 +128,7 @@ export async function modelPage(root, ctx, [id]) {
     precisionRecall(ctx, m),
     tryIt(ctx, m),
     cells.el,
+    exportsPanel(ctx, m),
     h(
       "section",
       { class: "card", "aria-labelledby": "final-eval-title" },
