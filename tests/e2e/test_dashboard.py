@@ -465,3 +465,49 @@ def test_the_dashboard_on_an_open_api_never_asks_for_a_key(live_service, browser
         assert all(auth is None and status == 200 for _, _, auth, status in rows), rows
     finally:
         context.close()
+
+
+def test_a_confusion_matrix_cell_opens_its_images_and_their_heatmaps(live_service, browser):
+    """Evaluation you can act on: a model's page shows the PR curve with its threshold readout; clicking a
+    confusion-matrix cell lists exactly that cell's held-out images; "Where it looked" swaps in the heatmap."""
+    import httpx
+    from playwright.sync_api import expect
+
+    from tests.helpers import make_dataset_zip
+    from tests.integration.reliability_support import submit_job, tiny_spec, wait_for_job
+
+    archive = make_dataset_zip(SCREENSHOTS.parent / "e2e-eval.zip", per_class=12)
+    with httpx.Client(base_url=live_service.url, timeout=120) as client:
+        upload = client.post("/datasets", files={"file": ("eval.zip", archive.read_bytes(), "application/zip")})
+        assert upload.status_code == 201, upload.text
+        job = wait_for_job(client, submit_job(client, tiny_spec(upload.json()["id"]))["id"])
+        assert job["status"] == "succeeded", job
+        model = client.get(f"/models/{job['model_id']}").json()
+    matrix, classes = model["metrics"]["confusion_matrix"], model["classes"]
+    i, j = next((i, j) for i, row in enumerate(matrix) for j, v in enumerate(row) if v)
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(120_000)  # a hang guard for every wait below
+    try:
+        page.goto(f"{live_service.url.rstrip('/')}/#/models/{model['id']}")
+        wait_ready(page, f"/models/{model['id']}")
+        expect(page.get_by_test_id("pr-readout")).to_contain_text("abstains on", timeout=120_000)
+        page.get_by_test_id("pr-threshold").fill("0.99")
+        expect(page.get_by_test_id("pr-readout")).to_contain_text("At 0.99")
+        cell = page.locator(
+            f'[data-testid="matrix-cell"][data-true="{classes[i]}"][data-predicted="{classes[j]}"]'
+        ).first
+        cell.get_by_test_id("matrix-cell-button").click()
+        samples = page.get_by_test_id("cell-images").get_by_test_id("sample")
+        expect(samples).to_have_count(matrix[i][j], timeout=120_000)
+        first = samples.first
+        image = first.get_by_test_id("sample-image")
+        expect(image).to_have_attribute("src", re.compile(r"^blob:"))
+        before = image.get_attribute("src")
+        first.get_by_test_id("heatmap-toggle").click()
+        expect(image).to_have_attribute("data-heatmap", "on", timeout=120_000)  # the first explain traces Grad-CAM
+        assert image.get_attribute("src") != before
+        shot(page, "09-cell-images-heatmap")
+    finally:
+        context.close()
