@@ -171,8 +171,9 @@ def build_savedmodel(model, manifest: dict, folder: Path) -> None:
     def serve_pixels(pixels):
         return answer(wrapped(pixels, training=False))
 
+    # Not `archive.track(wrapped)`: the endpoints track the variables they use, and tracking the model
+    # as well stored every weight twice (Keras 3.15: a SavedModel of twice the model's size).
     archive = keras.export.ExportArchive()
-    archive.track(wrapped)
     archive.add_endpoint(
         "serving_default", serve_encoded, input_signature=[tf.TensorSpec([None], tf.string, name=SAVEDMODEL_INPUT)]
     )
