@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -112,17 +113,24 @@ def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
         start_new_session=True,
     )
     children: list[psutil.Process] = []
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(launcher.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
+        # the banner's last line is printed once every child is up (the API answered its health check)
         deadline = time.monotonic() + 300  # a hang guard
-        while http_status(f"http://127.0.0.1:{port}/healthz") != 200:
-            assert launcher.poll() is None, f"launcher exited early:\n{launcher.stdout.read()}"
-            assert time.monotonic() < deadline, "API not up within 300 s"
+        while not any("Ctrl-C stops everything" in line for line in lines):
+            assert launcher.poll() is None, "launcher exited early:\n" + "".join(lines)
+            assert time.monotonic() < deadline, "launcher not up within 300 s:\n" + "".join(lines)
             time.sleep(0.5)
+        assert http_status(f"http://127.0.0.1:{port}/healthz") == 200
         children = psutil.Process(launcher.pid).children(recursive=True)
         assert {"redis", "celery", "uvicorn"} <= {_role(child) for child in children}
 
         launcher.send_signal(signal.SIGINT)
-        output, _ = launcher.communicate(timeout=120)  # a hang guard
+        launcher.wait(timeout=120)  # a hang guard
+        reader.join(timeout=60)
+        output = "".join(lines)
         assert launcher.returncode == 0, output
         assert f"http://127.0.0.1:{port}/docs" in output
         survivors = [child.pid for child in children if pid_exists(child.pid)]
