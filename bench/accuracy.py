@@ -116,11 +116,19 @@ def run_in_child(side: str, data_dir: Path, spec, out_json: Path, *, log: Path |
     return json.loads(out_json.read_text())
 
 
+def paired_seeds(runs: list[dict]) -> list[int]:
+    """The seeds run on both sides: the only ones the means compare."""
+    return sorted(
+        {run["seed"] for run in runs if run["side"] == SIDES[0]}
+        & {run["seed"] for run in runs if run["side"] == SIDES[1]}
+    )
+
+
 def aggregate(runs: list[dict]) -> dict:
-    """Per side: the mean of each figure over the seeds run."""
-    out = {}
+    """Per side: the mean of each figure over the seeds run on both sides."""
+    paired, out = set(paired_seeds(runs)), {}
     for side in SIDES:
-        mine = [run for run in runs if run["side"] == side]
+        mine = [run for run in runs if run["side"] == side and run["seed"] in paired]
         out[side] = {
             key: (
                 sum(run[key] for run in mine) / len(mine)
@@ -164,14 +172,17 @@ def render_section(results: dict) -> str:
             f"| {run['seed']} | {name} | {_fmt(run['after_warmup'])} | {_fmt(run['final'])} | "
             f"{_fmt(run['last20'])} | {run['num_train']} / {run['num_validation']} | {run['seconds'] / 60:.0f} |"
         )
-    seeds = sorted({run["seed"] for run in runs})
+    seeds = paired_seeds(runs)
     for side in SIDES:
         name = "the seed's recipe" if side == "seed" else "the project"
         mean = means[side]
         lines.append(
-            f"| mean of {len(seeds)} | {name} | {_fmt(mean['after_warmup'])} | **{_fmt(mean['final'])}** | "
+            f"| mean of {len(seeds)} ({', '.join(map(str, seeds))}) | {name} | {_fmt(mean['after_warmup'])} | **{_fmt(mean['final'])}** | "
             f"**{_fmt(mean['last20'])}** |  |  |"
         )
+    unpaired = sorted({run["seed"] for run in runs} - set(seeds))
+    if unpaired:
+        lines += ["", f"- seeds {', '.join(map(str, unpaired))} ran on one side only: in the table, not in the means."]
     seed_mean, project_mean = means["seed"], means["project"]
     if seed_mean["final"] is not None and project_mean["final"] is not None:
         lines += [

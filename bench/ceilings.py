@@ -102,7 +102,7 @@ def _augment_ips(spec: TrainingSpec, rng: np.random.Generator, *, images: int = 
         pixels,
         np.zeros(images, np.int64),
         batch_size=spec.batch_size,
-        preprocess=get_backbone(spec.backbone).preprocess(),
+        preprocess=get_backbone(spec.backbone).preprocess(spec.input_scaling),
         augmentation=spec.augmentation,
         shuffle_seed=0,
     )
@@ -168,7 +168,7 @@ def measure_ceilings(
     step = _train_step_fn(model, keras.optimizers.RMSprop(1e-3), batch, labels)
     figures["phase1_step_ips"] = spec.batch_size / median_s("phase1_step", step)
     index = spec.unfreeze_index if spec.finetune is not None else len(backbone.layers)
-    unfreeze_from(backbone, index)
+    unfreeze_from(backbone, index, batchnorm=spec.finetune.batchnorm if spec.finetune is not None else "frozen")
     step = _train_step_fn(model, keras.optimizers.SGD(1e-3), batch, labels)
     figures["phase2_step_ips"] = spec.batch_size / median_s("phase2_step", step)
 

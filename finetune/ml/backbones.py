@@ -23,6 +23,11 @@ class Backbone:
     default_unfreeze_from: int | str
     min_image_size: int = 32
     alphas: tuple[float, ...] = ()
+    # The recipe's defaults for this backbone (spec fields input_scaling and finetune.batchnorm when
+    # left null): changed from the project's first choice ("backbone", "frozen") only where measured
+    # at least as good as the seed's recipe at its full schedule (BENCHMARKS.md, issue 18).
+    input_scaling: str = "backbone"
+    batchnorm: str = "frozen"
 
     @property
     def has_alpha(self) -> bool:
@@ -69,6 +74,8 @@ BACKBONES: dict[str, Backbone] = {
             "MobileNet",
             default_unfreeze_from="conv_dw_13",
             alphas=(0.25, 0.5, 0.75, 1.0),
+            input_scaling="unit",
+            batchnorm="trainable",
         ),
         Backbone(
             "mobilenet_v2",

@@ -111,3 +111,13 @@ def test_accuracy_full_runs_both_sides_per_seed_on_the_same_held_out_images(tmp_
         assert f"| {seed} | the seed's recipe (Keras 2) |" in text and f"| {seed} | the project |" in text
     assert text.count("| 8 / 4 |") == 4  # both sides, both seeds: the project's stratified split of 12
     assert "input_scaling=unit" in text
+
+
+def test_the_means_compare_only_seeds_run_on_both_sides():
+    runs = [fake_run("seed", 42, 0.9), fake_run("project", 42, 0.92), fake_run("project", 43, 0.5)]
+    means = aggregate(runs)
+    assert means["project"]["final"] == pytest.approx(0.92)
+    meta = {"command": "c", "dataset": "d", "model": "m", "started": "now"}
+    text = render_section({"meta": meta, "runs": runs, "errors": []})
+    assert "| mean of 1 (42) | the project |" in text
+    assert "seeds 43 ran on one side only" in text

@@ -8,9 +8,6 @@ from pydantic import ValidationError
 from finetune.ml.backbones import BACKBONES, describe_layers, get_backbone, resolve_unfreeze_from
 from finetune.ml.spec import AugmentationSpec, FinetunePhaseSpec, JobSpec, TrainingSpec
 
-DEFAULT_INPUT_SCALING = "backbone"
-DEFAULT_BATCHNORM = "frozen"
-
 
 def refusal(**fields) -> list[dict]:
     """The errors of validating `fields`, which must be refused."""
@@ -254,10 +251,40 @@ def test_job_spec_training_spec_drops_the_dataset_id():
 # --- recipe options measured in issue 18 ------------------------------------------------------
 
 
-def test_input_scaling_and_batchnorm_defaults():
+@pytest.mark.parametrize(
+    ("backbone", "scaling", "batchnorm"),
+    [
+        ("mobilenet", "unit", "trainable"),  # measured at least as good as the seed's recipe (issue 18)
+        ("vgg16", "backbone", "frozen"),  # unmeasured: unchanged
+        ("vgg19", "backbone", "frozen"),
+        ("resnet50", "backbone", "frozen"),
+        ("mobilenet_v2", "backbone", "frozen"),
+        ("efficientnet_b0", "backbone", "frozen"),
+    ],
+)
+def test_null_input_scaling_and_batchnorm_become_the_backbones_measured_defaults(backbone, scaling, batchnorm):
+    spec = TrainingSpec.model_validate({"backbone": backbone})
+    assert (spec.input_scaling, spec.finetune.batchnorm) == (scaling, batchnorm)
+    assert (get_backbone(backbone).input_scaling, get_backbone(backbone).batchnorm) == (scaling, batchnorm)
+    dumped = spec.model_dump()  # what the manifest records: the concrete choice, never null
+    assert (dumped["input_scaling"], dumped["finetune"]["batchnorm"]) == (scaling, batchnorm)
+
+
+def test_the_default_spec_is_unchanged_by_the_options():
     spec = TrainingSpec()
-    assert spec.input_scaling == DEFAULT_INPUT_SCALING
-    assert spec.finetune.batchnorm == DEFAULT_BATCHNORM
+    assert (spec.backbone, spec.input_scaling, spec.finetune.batchnorm) == ("vgg16", "backbone", "frozen")
+
+
+def test_explicit_choices_override_the_backbones_defaults():
+    spec = TrainingSpec.model_validate(
+        {"backbone": "mobilenet", "input_scaling": "backbone", "finetune": {"batchnorm": "frozen"}}
+    )
+    assert (spec.input_scaling, spec.finetune.batchnorm) == ("backbone", "frozen")
+
+
+def test_without_a_finetune_only_the_input_scaling_is_filled_in():
+    spec = TrainingSpec.model_validate({"backbone": "mobilenet", "finetune": None})
+    assert spec.input_scaling == "unit" and spec.finetune is None
 
 
 @pytest.mark.parametrize("scaling", ["backbone", "unit"])

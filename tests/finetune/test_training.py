@@ -59,14 +59,15 @@ def two_phase(dataset):
     return result, events
 
 
-def assert_unfrozen_from(backbone, index: int) -> None:
-    """Every layer that has weights is trainable exactly when it comes at or after `index`.
+def assert_unfrozen_from(backbone, index: int, batchnorm: str) -> None:
+    """Every layer that has weights is trainable exactly when it comes at or after `index`
+    (BatchNorm layers only with batchnorm="trainable").
 
     (A reloaded model's InputLayer comes back trainable; it has no weights, so that means nothing.)
     """
     for position, layer in enumerate(backbone.layers):
         if layer.weights:
-            frozen_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+            frozen_batchnorm = batchnorm == "frozen" and isinstance(layer, keras.layers.BatchNormalization)
             assert layer.trainable is (position >= index and not frozen_batchnorm), (position, layer.name)
     later = {id(w) for layer in backbone.layers[index:] for w in layer.trainable_weights}
     assert later and {id(w) for w in backbone.trainable_weights} == later
@@ -151,10 +152,9 @@ def test_after_training_only_the_layers_from_the_unfreeze_index_are_trainable(tw
     index = result.spec.unfreeze_index
     assert backbone.layers[index].name == "conv_dw_13"
     assert [layer.trainable for layer in backbone.layers[:index]] == [False] * index
-    assert all(
-        layer.trainable for layer in backbone.layers[index:] if not isinstance(layer, keras.layers.BatchNormalization)
-    )
-    assert_unfrozen_from(backbone, index)
+    assert result.spec.finetune.batchnorm == "trainable"  # mobilenet's default (issue 18)
+    assert all(layer.trainable for layer in backbone.layers[index:])
+    assert_unfrozen_from(backbone, index, "trainable")
 
 
 @pytest.mark.slow
@@ -308,7 +308,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(dataset, tmp_path):
     assert not any(e.phase == "warmup" for e in events)
     assert read_state(checkpoints)["epoch"] == 2
     # the model came back from the checkpoint with its trainable flags
-    assert_unfrozen_from(result.model.layers[1], spec.unfreeze_index)
+    assert_unfrozen_from(result.model.layers[1], spec.unfreeze_index, spec.finetune.batchnorm)
     assert np.array(result.metrics["confusion_matrix"]).sum() == 4
 
 
@@ -369,10 +369,8 @@ def test_memory_mapped_datasets_keep_images_and_labels_aligned(dataset, tmp_path
 
 
 @pytest.mark.slow
-def test_batchnorm_trainable_trains_the_batchnorm_layers_from_the_unfreeze_index(dataset):
-    result = train(tiny(finetune={"epochs": 1, "batchnorm": "trainable"}), dataset_dir=dataset)
+def test_batchnorm_frozen_keeps_every_batchnorm_layer_frozen_in_the_finetune(dataset):
+    result = train(tiny(finetune={"epochs": 1, "batchnorm": "frozen"}), dataset_dir=dataset)
     backbone, index = result.model.layers[1], result.spec.unfreeze_index
-    for position, layer in enumerate(backbone.layers):
-        if layer.weights:
-            assert layer.trainable is (position >= index), (position, layer.name)
-    assert any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
+    assert_unfrozen_from(backbone, index, "frozen")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
