@@ -492,16 +492,13 @@ def test_a_job_whose_process_keeps_dying_ends_failed_after_max_attempts(stack, c
     assert worker.is_alive(), "the worker survives its job process dying"
     no_model_of(client, stack, job["id"])
     assert not (stack.cache_dir / "decoded" / job["id"]).exists()
-    # the worker itself ran the crashed job process again (no wait for the reaper's JOB_STALE_AFTER_S):
-    # its task loop logged each rerun, and no sweep re-queued the job
+    # the worker itself ran the crashed job process again, without waiting for a reaper's sweep: its
+    # task loop logged each rerun. (A sweep may also re-queue the job in the moment between the
+    # worker releasing the dead process's heartbeat and the next process beating; that duplicate
+    # delivery finds the job owned or final and does nothing, so it is not asserted either way.)
     reruns = [line for line in worker.output().splitlines() if f"job {job['id']} process exited" in line]
     assert len(reruns) == max_attempts, "\n".join(reruns)
     assert all("running it again" in line for line in reruns), "\n".join(reruns)
-    assert not any(
-        job["id"] in line and "re-queued" in line
-        for process in [*stack.apis, *stack.workers]
-        for line in process.output().splitlines()
-    )
     following = submit_job(client, tiny_spec(baseline.dataset["id"]))
     assert wait_for_job(client, following["id"], diagnostics=stack.logs)["status"] == "succeeded"
 
