@@ -102,29 +102,34 @@ def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
         CUDA_VISIBLE_DEVICES="",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "finetune.launcher"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "finetune.launcher"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     children: list[psutil.Process] = []
     try:
+        # up once the launcher itself has seen the API answer and printed where it is (the API may
+        # answer a moment before the launcher's own check does)
         deadline = time.monotonic() + 300  # a hang guard
-        while http_status(f"http://127.0.0.1:{port}/healthz") != 200:
-            assert launcher.poll() is None, f"launcher exited early:\n{launcher.stdout.read()}"
+        while f"http://127.0.0.1:{port}/docs" not in log.read_text():
+            assert launcher.poll() is None, f"launcher exited early:\n{log.read_text()}"
             assert time.monotonic() < deadline, "API not up within 300 s"
             time.sleep(0.5)
+        assert http_status(f"http://127.0.0.1:{port}/healthz") == 200
         children = psutil.Process(launcher.pid).children(recursive=True)
         assert {"redis", "celery", "uvicorn"} <= {_role(child) for child in children}
 
         launcher.send_signal(signal.SIGINT)
-        output, _ = launcher.communicate(timeout=120)  # a hang guard
+        launcher.wait(timeout=120)  # a hang guard
+        output = log.read_text()
         assert launcher.returncode == 0, output
-        assert f"http://127.0.0.1:{port}/docs" in output
         survivors = [child.pid for child in children if pid_exists(child.pid)]
         assert survivors == []
         assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or any(
