@@ -72,7 +72,10 @@ def test_predict_by_alias_and_by_default_follows_a_moved_alias_in_every_api(clie
     assert [h["model_id"] for h in body["history"]] == [first]
     assert answering_model(client, "production") == first
     assert client.put("/aliases/default", json={"model_id": "production"}).json()["model_id"] == first
-    assert answering_model(client, None) == first  # no model_id: the alias `default`, not the newest model
+    try:
+        assert answering_model(client, None) == first  # no model_id: the alias `default`, not the newest model
+    finally:  # other modules on this live service expect the newest model to be the default
+        assert client.delete("/aliases/default").status_code == 204
 
     with live_service.extra_api(tmp_path) as other:
         wait_for(lambda: other.get("/healthz").status_code == 200, timeout=120, what="the second API")
@@ -93,7 +96,7 @@ def test_predict_by_alias_and_by_default_follows_a_moved_alias_in_every_api(clie
             what="the rolled-back alias to be served",
         )
     listed = client.get("/aliases").json()
-    assert listed["count"] == len(listed["data"]) and {"production", "default"} <= {a["name"] for a in listed["data"]}
+    assert listed["count"] == len(listed["data"]) and "production" in {a["name"] for a in listed["data"]}
 
 
 def test_aliases_do_not_depend_on_redis(client, redis_server, two_models):

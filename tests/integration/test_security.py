@@ -60,6 +60,7 @@ def operations(client: httpx.Client, baseline) -> list[tuple[str, str]]:
         "model_id": baseline.model["id"],
         "name": "mobilenet",
         "path": "red/red_000.png",
+        "format": "onnx",
     }
     result = []
     for path, methods in schema["paths"].items():
