@@ -42,7 +42,8 @@ BATCHNORM_DESCRIPTION = (
     "statistics; the moving statistics, gamma and beta adapt), as the seed's Keras 2 code had them. "
     "Layers before unfreeze_from stay frozen either way; no effect on vgg16/vgg19 (no BatchNorm). "
     "null: the backbone's default, 'trainable' for mobilenet, 'frozen' (unmeasured) for the others. "
-    "Measured (issue 18, mobilenet 0.25, 25 + 100 epochs, real photos): 'frozen' swung in phase 2 "
+    "Measured (issue 18, mobilenet 0.25, 25 + 100 epochs, real photos, one run each; BENCHMARKS.md): "
+    "'frozen' swung in phase 2 "
     "(held-out accuracy down to 0.50 at one epoch, last-20 sd 0.10); 'trainable' was steady "
     "(sd 0.01) and ended higher: final 0.960 vs 0.867, last-20 mean 0.955 vs 0.924."
 )
@@ -51,7 +52,8 @@ INPUT_SCALING_DESCRIPTION = (
     "([-1, 1] for mobilenet*, caffe-style BGR mean subtraction for vgg*/resnet50, built into "
     "efficientnet_b0). 'unit': pixels / 255 in [0, 1], what the seed fed every backbone. null: the "
     "backbone's default, 'unit' for mobilenet, 'backbone' (unmeasured) for the others. Measured (issue "
-    "18, mobilenet 0.25, 25 + 100 epochs, real photos): with BatchNorm trainable, 'unit' ended at "
+    "18, mobilenet 0.25, 25 + 100 epochs, real photos, one run each; BENCHMARKS.md): with BatchNorm "
+    "trainable, 'unit' ended at "
     "0.973 final / 0.962 last-20 mean vs 0.960 / 0.955 with 'backbone'; alone it gave 0.940 / 0.935 "
     "vs 0.867 / 0.924."
 )
