@@ -77,7 +77,12 @@ class Service:
         self.datasets.delete(dataset_id)
 
     def create_job(self, spec: JobSpec) -> dict:
-        self.datasets.get(spec.dataset_id)
+        dataset = self.datasets.get(spec.dataset_id)
+        if spec.test_split is not None and dataset.get("splits"):
+            raise InvalidSpec(
+                f"test_split: dataset {spec.dataset_id!r} has its own splits ({', '.join(dataset['splits'])}); "
+                "test_split splits a flat dataset"
+            )
         record = self.jobs.create(spec)
         try:
             self.enqueue(record["id"])
