@@ -34,6 +34,8 @@ class DatasetPublic(DatasetRecord):
         }
     )
 
+    children: list[str] = Field(default_factory=list, description="the versions made from this dataset, oldest first")
+
 
 class DatasetMove(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,10 +58,6 @@ class DatasetVersionEdits(BaseModel):
         if not self.move and not self.remove:
             raise ValueError("a version needs at least one file to move or remove")
         return self
-
-
-class DatasetWithVersions(DatasetPublic):
-    children: list[str] = Field(default_factory=list, description="the versions made from this dataset")
 
 
 class DatasetSamples(BaseModel):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from app.deps import ServiceDep, SettingsDep
-from app.schemas import DatasetPublic, DatasetSamples, DatasetVersionEdits, DatasetWithVersions, ListPublic
+from app.schemas import DatasetPublic, DatasetSamples, DatasetVersionEdits, ListPublic
 from finetune.errors import NotAnImage, TooLarge
 from finetune.stores.versions import Move, VersionEdits
 
@@ -63,10 +63,15 @@ async def create_dataset(
 @router.get("", response_model=ListPublic[DatasetPublic])
 async def list_datasets(service: ServiceDep):
     data = await run_in_threadpool(service.datasets.list)
+    children: dict[str, list[str]] = {}
+    for record in reversed(data):  # oldest first
+        if record.get("parent_id"):
+            children.setdefault(record["parent_id"], []).append(record["id"])
+    data = [{**record, "children": children.get(record["id"], [])} for record in data]
     return {"data": data, "count": len(data)}
 
 
-@router.get("/{dataset_id}", response_model=DatasetWithVersions)
+@router.get("/{dataset_id}", response_model=DatasetPublic)
 async def get_dataset(dataset_id: str, service: ServiceDep):
     record = await run_in_threadpool(service.datasets.get, dataset_id)
     return {**record, "children": await run_in_threadpool(service.datasets.children, dataset_id)}
