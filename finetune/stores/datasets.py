@@ -58,7 +58,7 @@ class DatasetStore:
         with self.location.publishing(dataset_id, cache_dir=self.cache_dir, record_file=RECORD_FILE) as staging:
             images = staging / IMAGES
             if archive_path is not None:
-                plan = self._unpack_additions(archive_path, parent, parent_files, staging, images)
+                plan = self._unpack_additions(archive_path, parent, parent_files, images)
             else:
                 plan = plan_edits(parent_files, edits or VersionEdits())
             source = self.images_dir(parent_id)
@@ -75,7 +75,7 @@ class DatasetStore:
         return record
 
     def _unpack_additions(
-        self, archive_path: str | Path, parent: dict, parent_files: set[str], staging: Path, images: Path
+        self, archive_path: str | Path, parent: dict, parent_files: set[str], images: Path
     ) -> VersionPlan:
         """Unpack the added images straight into the version's folder; refuse one the parent has."""
         given_splits = parent.get("splits") is not None
