@@ -78,11 +78,7 @@ class Service:
 
     def create_job(self, spec: JobSpec) -> dict:
         dataset = self.datasets.get(spec.dataset_id)
-        if spec.test_split is not None and dataset.get("splits"):
-            raise InvalidSpec(
-                f"test_split: dataset {spec.dataset_id!r} has its own splits ({', '.join(dataset['splits'])}); "
-                "test_split splits a flat dataset"
-            )
+        _check_splits_fit(spec, dataset)
         record = self.jobs.create(spec)
         try:
             self.enqueue(record["id"])
@@ -204,3 +200,12 @@ class Service:
             )
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
+
+
+def _check_splits_fit(spec: JobSpec, dataset: dict) -> None:
+    """422 for a `test_split` on a dataset of given splits (its own test folder, or none, is the answer)."""
+    if spec.test_split is not None and dataset.get("splits"):
+        raise InvalidSpec(
+            f"test_split: dataset {spec.dataset_id!r} has its own splits ({', '.join(dataset['splits'])}); "
+            "test_split splits a flat dataset"
+        )
