@@ -150,7 +150,10 @@ class Service:
         else:
             per_class = measure_thresholds(labels, probabilities, classes, values or {})
         thresholds = {"target_precision": target_precision, "per_class": per_class}
-        self.models.update_manifest(model_id, {"thresholds": thresholds})
+        changes: dict = {"thresholds": thresholds}
+        if manifest.get("figure_splits"):  # measured on the held-out rows: the split of `metrics`
+            changes["figure_splits"] = {**manifest["figure_splits"], "thresholds": manifest["metrics_split"]}
+        self.models.update_manifest(model_id, changes)
         return thresholds
 
     def evaluation_samples(

@@ -66,6 +66,10 @@ def test_a_train_val_test_archive_keeps_its_splits_and_the_final_metrics_come_fr
     assert samples["count"] == 9 and all(row["file"].startswith("test/") for row in samples["data"])
     image = client.get(samples["data"][0]["url"])
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert model["figure_splits"]["thresholds"] == "validation"
+    response = client.put(f"/models/{model['id']}/thresholds", json={"target_precision": 0.5})
+    assert response.status_code == 200, response.text
+    assert client.get(f"/models/{model['id']}").json()["figure_splits"]["thresholds"] == "test"  # held-out rows
     refused = client.post("/jobs", json={**tiny_spec(dataset["id"]), "test_split": 0.2})
     assert refused.status_code == 422 and "has its own splits" in refused.text
 
