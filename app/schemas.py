@@ -34,6 +34,31 @@ class DatasetPublic(DatasetRecord):
         }
     )
 
+    children: list[str] = Field(default_factory=list, description="the versions made from this dataset, oldest first")
+
+
+class DatasetMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(max_length=4096, description="a file of the dataset, as `GET /datasets/{id}/files/` takes it")
+    to: str = Field(max_length=255, description="the class folder it goes to (of the same split)")
+
+
+class DatasetVersionEdits(BaseModel):
+    """A version made by relabelling and removing files of its parent (JSON; an archive adds images instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    move: list[DatasetMove] = Field(default_factory=list, max_length=100_000)
+    remove: list[str] = Field(default_factory=list, max_length=100_000)
+    name: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> DatasetVersionEdits:
+        if not self.move and not self.remove:
+            raise ValueError("a version needs at least one file to move or remove")
+        return self
+
 
 class DatasetSamples(BaseModel):
     label: str

@@ -44,6 +44,10 @@ def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str
         timings=result.timings,
         num_train=result.num_train,
         num_validation=result.num_validation,
+        num_test=getattr(result, "num_test", 0),
+        metrics_split=getattr(result, "metrics_split", "validation"),
+        validation_metrics=getattr(result, "validation_metrics", None),
+        figure_splits=figure_splits(getattr(result, "metrics_split", "validation")),
         skipped=[SkippedFile(path=item.path, reason=item.reason) for item in result.skipped],
         model_file=MODEL_FILE,
         versions={"tensorflow": tf.__version__, "keras": keras.__version__},
@@ -51,6 +55,19 @@ def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str
         thresholds=getattr(result, "thresholds", None),
         predictions_file=PREDICTIONS_FILE if getattr(result, "held_out", None) is not None else None,
     ).to_json()
+
+
+def figure_splits(metrics_split: str) -> dict[str, str]:
+    """Which split each of a manifest's figures is measured on: the held-out views follow `metrics`;
+    thresholds, like every choice made while training, come from validation (the test stays untouched)."""
+    return {
+        "metrics": metrics_split,
+        "curves": metrics_split,
+        "predictions": metrics_split,
+        "validation_metrics": "validation",
+        "warmup_metrics": "validation",
+        "thresholds": "validation",
+    }
 
 
 def held_out_lines(result) -> str:

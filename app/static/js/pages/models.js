@@ -132,9 +132,18 @@ export async function modelPage(root, ctx, [id]) {
     h(
       "section",
       { class: "card", "aria-labelledby": "final-eval-title" },
-      h("h2", { id: "final-eval-title" }, "Final evaluation (validation split)"),
+      // the held-out images behind its cells, the curves and the precision/recall come from the same split
+      h("h2", { id: "final-eval-title", "data-testid": "final-eval-title" }, `Final evaluation (${m.metrics_split || "validation"} split)`),
       evaluation(m.metrics, classes, "", m.predictions_file ? cells.show : null),
     ),
+    m.metrics_split === "test" && m.validation_metrics
+      ? h(
+          "section",
+          { class: "card", "aria-labelledby": "validation-eval-title" },
+          h("h2", { id: "validation-eval-title" }, "Final model on the validation split (which chose it)"),
+          evaluation(m.validation_metrics, classes, "validation-"),
+        )
+      : "",
     h(
       "section",
       { class: "card", "aria-labelledby": "warmup-eval-title" },
