@@ -16,7 +16,7 @@ LOCK := requirements/dev.txt
 VARIANT ?= cpu
 BACKBONES ?= vgg16
 WEIGHTS_DIR ?=
-IMAGE ?= finetune:$(VARIANT)
+IMAGE ?= finetune-service:$(VARIANT)
 
 .PHONY: install lock lock-upgrade run test test-fast lint format bench image image-test clean
 

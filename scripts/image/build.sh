@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build the service image (run by `make image`).
+#
+#   scripts/image/build.sh IMAGE VARIANT BACKBONES [WEIGHTS_DIR]
+#
+# With docker where there is one, else podman (`--isolation chroot`: builds as root without a container
+# runtime's namespaces, as in CI sandboxes where `podman run` itself cannot start). CONTAINER_ENGINE=...
+# picks one. WEIGHTS_DIR: a folder of Keras weight files (*.h5) copied into the build context's weights/
+# for the build, so those backbones are not downloaded (hosts without access to Keras' download site).
+set -euo pipefail
+IMAGE=$1 VARIANT=$2 BACKBONES=$3 WEIGHTS_DIR=${4:-}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ENGINE=${CONTAINER_ENGINE:-$(command -v docker >/dev/null 2>&1 && echo docker || echo podman)}
+
+copied=()
+cleanup() { for file in "${copied[@]}"; do rm -f "$file"; done; }
+trap cleanup EXIT
+if [ -n "$WEIGHTS_DIR" ]; then
+    for file in "$WEIGHTS_DIR"/*.h5; do
+        [ -e "$file" ] || { echo "no *.h5 weight files in $WEIGHTS_DIR" >&2; exit 2; }
+        target="$ROOT/weights/$(basename "$file")"
+        [ -e "$target" ] && continue
+        cp "$file" "$target"
+        copied+=("$target")
+    done
+fi
+
+args=(build --file "$ROOT/Dockerfile" --tag "$IMAGE" --build-arg "VARIANT=$VARIANT" --build-arg "BACKBONES=$BACKBONES")
+[ "$ENGINE" = podman ] && args+=(--isolation chroot --layers)
+echo "+ $ENGINE ${args[*]} $ROOT"
+"$ENGINE" "${args[@]}" "$ROOT"
