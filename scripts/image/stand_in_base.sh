@@ -31,7 +31,8 @@ tar -C "$ROOTFS" --numeric-owner -c . | podman import \
     --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --change "ENV LANG=C.UTF-8" \
     --change "ENV PYTHON_VERSION=$python_version" \
-    --change "LABEL finetune.stand-in=debootstrap-$SUITE finetune.stand-in.python3.11=$debian_package" \
+    --change "LABEL finetune.stand-in=debootstrap-$SUITE" \
+    --change "LABEL finetune.stand-in.python3.11=$debian_package" \
     --change 'CMD ["python3"]' \
     - "localhost/$TAG"
 podman tag "localhost/$TAG" "docker.io/library/$TAG"
