@@ -18,7 +18,7 @@ BACKBONES ?= vgg16
 WEIGHTS_DIR ?=
 IMAGE ?= finetune-service:$(VARIANT)
 
-.PHONY: install lock lock-upgrade run test test-fast lint format bench image image-test clean
+.PHONY: install lock lock-upgrade run test test-fast lint format bench image image-test stand-in-base clean
 
 install: $(STAMP)
 
@@ -61,10 +61,15 @@ lock-upgrade: install
 image:
 	scripts/image/build.sh "$(IMAGE)" "$(VARIANT)" "$(BACKBONES)" "$(WEIGHTS_DIR)"
 
-# Build the image, then run Redis, the API and a worker from its filesystem and drive a job and a
-# prediction over HTTP (scripts/image/image_test.sh). Not part of `make test`: see README.
-image-test:
-	scripts/image/image_test.sh "$(IMAGE)" "$(VARIANT)"
+# Build the image, then run Redis, the API and a worker from its filesystem (as root, with chroot: no
+# container runtime needed) and drive a job and a prediction over HTTP. Not part of `make test` (README).
+# Offline: make image-test BACKBONES=none, or BACKBONES=mobilenet:0.25 WEIGHTS_DIR=../shared/weights
+image-test: install image
+	$(PY) scripts/image/image_test.py "$(IMAGE)"
+
+# Where Docker Hub is unreachable: a Debian bookworm stand-in tagged python:3.11-slim (docs/deploy.md).
+stand-in-base:
+	scripts/image/stand_in_base.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis artifacts .cache
