@@ -4,7 +4,8 @@
 #   scripts/image/build.sh IMAGE VARIANT BACKBONES [WEIGHTS_DIR]
 #
 # With docker where its daemon answers, else podman (`--isolation chroot`: builds as root without a container
-# runtime's namespaces, as in CI sandboxes where `podman run` itself cannot start). CONTAINER_ENGINE=...
+# runtime's namespaces, as in CI sandboxes where `podman run` itself cannot start; `--format docker`
+# keeps the HEALTHCHECK, which the OCI format drops). CONTAINER_ENGINE=...
 # picks one. WEIGHTS_DIR: a folder of Keras weight files (*.h5) copied into the build context's weights/
 # for the build, so those backbones are not downloaded (hosts without access to Keras' download site).
 # BUILD_CA_BUNDLE (default: $PIP_CERT when set): a CA bundle for hosts behind a TLS-inspecting proxy;
@@ -38,6 +39,6 @@ if [ -n "$CA_BUNDLE" ] && [ "$ENGINE" = podman ]; then
 fi
 
 args=(build --file "$ROOT/Dockerfile" --tag "$IMAGE" --build-arg "VARIANT=$VARIANT" --build-arg "BACKBONES=$BACKBONES")
-[ "$ENGINE" = podman ] && args+=(--isolation chroot --layers "${mounts[@]}")
+[ "$ENGINE" = podman ] && args+=(--isolation chroot --layers --format docker "${mounts[@]}")
 echo "+ $ENGINE ${args[*]} $ROOT"
 "$ENGINE" "${args[@]}" "$ROOT"
