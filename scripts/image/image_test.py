@@ -80,11 +80,20 @@ def print_size_and_layers(image: str, shown: int = 6) -> None:
     size = int(json.loads(podman("image", "inspect", image))[0]["Size"])
     print(f"image {image}: {size / 1e6:.0f} MB")
     layers = [
-        line.split("\t", 1) for line in podman("history", "--format", "{{.Size}}\t{{.CreatedBy}}", image).splitlines()
+        line.split("\t", 1)
+        for line in podman("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image).splitlines()
     ]
     print("largest layers (podman history):")
     for size_text, created_by in sorted(layers, key=lambda layer: _bytes(layer[0]), reverse=True)[:shown]:
-        print(f"  {size_text:>10}  {created_by[:110]}")
+        print(f"  {size_text:>10}  {created_by.removeprefix('/bin/sh -c ').removeprefix('#(nop) ')[:110]}")
+
+
+def print_largest_packages(rootfs: Path, shown: int = 8) -> None:
+    """The venv's largest site-packages entries: what the dominant layer (the copied venv) is made of."""
+    (site,) = rootfs.glob("opt/venv/lib/python3*/site-packages")
+    sizes = subprocess.run(["du", "-sm", *map(str, site.iterdir())], capture_output=True, text=True, check=True)
+    rows = sorted((line.split("\t") for line in sizes.stdout.splitlines()), key=lambda row: -int(row[0]))
+    print("largest packages in /opt/venv: " + ", ".join(f"{Path(p).name} {mb} MB" for mb, p in rows[:shown]))
 
 
 def _bytes(text: str) -> float:
@@ -251,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="image-test-")))
         rootfs = mount_rootfs(stack, args.image)
+        print_largest_packages(rootfs)
         processes = Processes(rootfs, config, work)
         stack.callback(processes.stop)
         redis_port, api_port = free_port(), free_port()
