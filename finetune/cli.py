@@ -299,7 +299,8 @@ def command_remote(args) -> int:
         with Client(args.url, api_key=args.api_key) as api:
             result = run(api, args)
     except ApiError as error:
-        print(f"error: HTTP {error.status_code}: {error.detail}", file=sys.stderr)
+        detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+        print(f"error: HTTP {error.status_code}: {detail}", file=sys.stderr)
         return 1
     except (JobFailed, TimeoutError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
