@@ -132,7 +132,7 @@ class Batch(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     id: str
-    status: str
+    status: JobStatus
     model_id: str | None = None
     created_at: str | None = None
     finished_at: str | None = None
@@ -469,8 +469,18 @@ class Client:
     def cancel_batch(self, batch_id: str) -> Batch:
         return self._one(Batch, "POST", f"/batches/{batch_id}/cancel")
 
+    def wait_batch(self, batch_id: str, *, timeout: float | None = None, interval: float = 1.0) -> Batch:
+        """The batch once final (succeeded, failed or cancelled: its results hold the rows done either way),
+        polled every `interval` s; `TimeoutError` after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (batch := self.batch(batch_id)).status not in FINAL_STATUSES:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {batch_id} did not end within {timeout:g} s (last: {batch.status})")
+            time.sleep(interval)
+        return batch
+
     def batch_results(self, batch_id: str) -> Iterator[dict]:
-        """The batch's result rows (JSON Lines, read as they arrive): one per image."""
+        """The batch's result rows (JSON Lines, read as they arrive): one per image, `Conflict` before it ends."""
         with self._stream("GET", f"/batches/{batch_id}/results", params={"format": "jsonl"}) as response:
             for line in response.iter_lines():
                 if line.strip():
