@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from finetune.ml.spec import JobSpec
+from finetune.schemas import (  # noqa: F401 (the routers import them from here, with the rest of the contract)
+    ImagePredictions,
+    ListPublic,
+    ModelSummary,
+    Prediction,
+    PredictResponse,
+)
 from finetune.stores.records import AliasRecord, DatasetRecord, ExportFormat, ExportRecord, JobRecord, ModelManifest
-
-T = TypeVar("T")
-
-
-class ListPublic(BaseModel, Generic[T]):
-    data: list[T]
-    count: int
 
 
 class DatasetPublic(DatasetRecord):
@@ -96,19 +94,6 @@ class JobPublic(JobRecord):
     """A job: its spec, where it stands, and its outcome."""
 
 
-class ModelSummary(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    created_at: str
-    job_id: str | None
-    dataset_id: str | None
-    classes: list[str]
-    image_size: int
-    backbone: str
-    accuracy: float | None = None
-
-
 class AliasPublic(AliasRecord):
     """An alias: the model it points to now, and every model it pointed to before (oldest first)."""
 
@@ -158,44 +143,6 @@ class EvaluationSample(BaseModel):
 
 class ModelPublic(ModelManifest):
     """The model's manifest."""
-
-
-class Prediction(BaseModel):
-    label: str
-    probability: float
-
-
-class ImagePredictions(BaseModel):
-    filename: str
-    label: str | None = Field(description="the top-1 class, or null when the model abstains (below its threshold)")
-    abstained: bool
-    predictions: list[Prediction] = Field(description="the top-k classes, most probable first")
-
-
-class PredictResponse(BaseModel):
-    model_id: str
-    results: list[ImagePredictions]
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model_id": "8c1d2e3f4a5b6c7d",
-                    "results": [
-                        {
-                            "filename": "cat.jpg",
-                            "label": "cats",
-                            "abstained": False,
-                            "predictions": [
-                                {"label": "cats", "probability": 0.97},
-                                {"label": "dogs", "probability": 0.03},
-                            ],
-                        }
-                    ],
-                }
-            ]
-        }
-    )
 
 
 class BackbonePublic(BaseModel):
