@@ -150,18 +150,19 @@ class Reaper(threading.Thread):
 
     def run(self) -> None:
         jobs = JobStore.from_url(self.settings.redis_url)
+        models = ModelStore(self.settings.model_dir, cache_dir=self.settings.cache_dir)
+        checkpoints = checkpoint_store(self.settings)
         interval = max(1.0, self.settings.job_stale_after_s / 4)
         while True:
             try:
-                self.sweep(jobs, lock_s=int(interval) + 1)
+                self.sweep(jobs, models, checkpoints, lock_s=int(interval) + 1)
             except (redis.RedisError, BrokerUnavailable, OSError):
                 log.warning("reaper pass failed (Redis or a store unreachable); retrying", exc_info=True)
             if self.stopped.wait(interval):
                 return
 
-    def sweep(self, jobs: JobStore, *, lock_s: int) -> None:
+    def sweep(self, jobs: JobStore, models: ModelStore, checkpoints: CheckpointStore, *, lock_s: int) -> None:
         settings = self.settings
-        models = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
         collect_local_leftovers(
             jobs, [settings.cache.checkpoints_root, settings.cache.decoded_root], grace_s=settings.leftover_grace_s
         )
@@ -173,7 +174,7 @@ class Reaper(threading.Thread):
             log.info("Redis server %s: %d job records reconciled with the model store", run_id, len(reconciled))
             self.redis_run_id = run_id
         requeue_stale_jobs(jobs, stale_after_s=settings.job_stale_after_s, enqueue=self.enqueue, models=models)
-        collect_shared_checkpoints(jobs, checkpoint_store(settings), grace_s=settings.leftover_grace_s)
+        collect_shared_checkpoints(jobs, checkpoints, grace_s=settings.leftover_grace_s)
 
 
 def start_reaper(settings: Settings, *, enqueue: Callable[[str], None]) -> Reaper:
