@@ -17,6 +17,7 @@ from finetune.execution.reaper import (
     reconcile_with_models,
     requeue_stale_jobs,
 )
+from finetune.execution.runner import run_job
 from finetune.ml.spec import JobSpec
 from finetune.settings import Settings
 from finetune.stores.jobs import JobStore
@@ -137,3 +138,19 @@ def test_checkpoints_and_decoded_caches_of_final_or_forgotten_jobs_are_collected
         assert store.working_dir(job_id).exists() == kept
         assert settings.cache.decoded(job_id).exists() == kept
     assert store.working_dir(final_old).parent == (tmp_path / "models" / ".checkpoints")
+
+
+def test_a_job_delivered_again_whose_model_is_saved_is_not_trained_again(jobs, redis_db, tmp_path):
+    """The job process's own check: a job that ran before (attempts > 0) and whose model is in the store
+    (Redis lost its final write, then the reaper re-queued it) ends succeeded with that model at once,
+    its checkpoint removed."""
+    settings = Settings(redis_url=redis_db, model_dir=str(tmp_path / "models"), cache_dir=str(tmp_path / "cache"))
+    job_id = running_job(jobs, heartbeat_age_s=600)
+    jobs.update(job_id, {"status": "queued", "attempts": 1, "worker": None})
+    manifest = saved_model(tmp_path / "models", job_id)
+    leftover(checkpoint_store(settings).working_dir(job_id), age_s=0)
+    assert run_job(job_id, settings=settings) == "succeeded"
+    record = jobs.get(job_id)
+    assert (record["status"], record["model_id"], record["attempts"]) == ("succeeded", manifest["id"], 1)
+    assert not checkpoint_store(settings).working_dir(job_id).exists()
+    assert [m["id"] for m in ModelStore(tmp_path / "models").list()] == [manifest["id"]]
