@@ -131,12 +131,15 @@ def test_checkpoints_and_decoded_caches_of_final_or_forgotten_jobs_are_collected
     for job_id, age in ((final_old, 2 * hour), (final_fresh, 60), (running_old, 2 * hour), (orphan, 2 * hour)):
         leftover(store.working_dir(job_id), age_s=age)
         leftover(settings.cache.decoded(job_id), age_s=age)
+        leftover(settings.cache.checkpoints(job_id), age_s=age)  # staged for an upload
     assert sorted(collect_shared_checkpoints(jobs, store, grace_s=hour)) == sorted([final_old, orphan])
-    removed = collect_local_leftovers(jobs, [settings.cache.decoded_root], grace_s=hour)
-    assert sorted(path.name for path in removed) == sorted([final_old, orphan])
+    roots = [settings.cache.decoded_root, settings.cache.checkpoints_root]
+    removed = collect_local_leftovers(jobs, roots, grace_s=hour)
+    assert sorted(path.name for path in removed) == sorted([final_old, orphan] * 2)
     for job_id, kept in ((final_old, False), (orphan, False), (final_fresh, True), (running_old, True)):
         assert store.working_dir(job_id).exists() == kept
         assert settings.cache.decoded(job_id).exists() == kept
+        assert settings.cache.checkpoints(job_id).exists() == kept
     assert store.working_dir(final_old).parent == (tmp_path / "models" / ".checkpoints")
 
 
