@@ -26,6 +26,7 @@ from finetune.settings import Settings, get_settings
 from finetune.states import FINAL_STATUSES, JobStatus, Phase
 from finetune.stores.aliases import AliasStore, publish
 from finetune.stores.archive import ArchiveLimits
+from finetune.stores.checkpoints import CheckpointUploader
 from finetune.stores.datasets import DatasetStore
 from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
 from finetune.stores.models import ModelStore
@@ -172,7 +173,9 @@ def _claim(jobs: JobStore, job_id: str, worker: str) -> dict:
     return record
 
 
-def _train_and_save(jobs: JobStore, record: dict, settings: Settings, *, uploader=None) -> str:
+def _train_and_save(
+    jobs: JobStore, record: dict, settings: Settings, *, uploader: CheckpointUploader | None = None
+) -> str:
     """Train, save the model, and record the outcome: succeeded, cancelled, or failed with the error."""
     from finetune.ml.training import ProgressEvent, train
 
