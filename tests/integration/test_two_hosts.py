@@ -227,17 +227,21 @@ def test_a_redis_sigkilled_after_a_model_is_saved_comes_back_and_the_records_are
         "finished_at": None,
         "progress": 0.99,
     }
-    jobs.redis.hset(job_key(rewound["id"]), "record", json.dumps(before_final_write))
-    jobs.redis.hset(job_key(rewound["id"]), "status", "running")
+    # the job process beats until its final write: a fresh beat keeps the stale-job sweep off it until
+    # after the crash, so the restart's reconciliation is what repairs it
+    jobs.redis.hset(
+        job_key(rewound["id"]),
+        mapping={"record": json.dumps(before_final_write), "status": "running", "heartbeat": time.time()},
+    )
     jobs.delete(forgotten["id"])
     hosts.stack.redis.kill()
     hosts.stack.start_redis()
     jobs = JobStore.from_url(hosts.stack.env["REDIS_URL"])
     assert jobs.redis.config_get("appendfsync") == {"appendfsync": "everysec"}
-    assert jobs.get(rewound["id"])["status"] == "running"  # the undone writes stayed undone
 
     reconciled = wait_for_job(client, rewound["id"], timeout=HANG_GUARD_S, diagnostics=hosts.stack.logs)
     assert reconciled["status"] == "succeeded"
+    assert reconciled["finished_at"] > rewound["finished_at"]  # written again, by the reconciliation
     assert reconciled["model_id"] == rewound["model_id"]
     assert reconciled["history"] == rewound["history"] and reconciled["progress"] == 1.0
     assert hosts.models_of(rewound["id"]) == [rewound["model_id"]]  # reconciled, not trained again
