@@ -84,6 +84,7 @@ def time_uploads(folder: Path, repeats: int) -> list[dict]:
         assert uploader.upload_newest()
         seconds, size = uploader.done.seconds[0], uploader.done.bytes[0]
         figures.append({"seconds": round(seconds, 2), "mb": round(size / 1e6, 1), "mb_s": round(size / 1e6 / seconds)})
+        print("upload", json.dumps(figures[-1]), file=sys.stderr, flush=True)
     return figures
 
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for shared in (False, True):
                 runs.append(train_once(dataset, workdir / "train-checkpoints", shared=shared, epochs=args.epochs))
+                print("training", json.dumps(runs[-1]), file=sys.stderr, flush=True)
         local = [run["train_s"] for run in runs if not run["shared"]]
         with_upload = [run["train_s"] for run in runs if run["shared"]]
         result = {
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": runs,
             "slowdown": round(sum(with_upload) / sum(local) - 1.0, 3),
             "cores": os.cpu_count(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 1),  # other work on the machine skews both sides
         }
         print(json.dumps(result, indent=2))
     finally:
