@@ -88,7 +88,14 @@ def time_uploads(folder: Path, repeats: int) -> list[dict]:
     return figures
 
 
-def train_once(dataset: Path, checkpoints: Path, *, shared: bool, epochs: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def train_once(dataset: Path, checkpoints: Path, *, shared: bool, epochs: int, server_pid: int) -> dict:
     from finetune.ml.spec import TrainingSpec
     from finetune.ml.training import train
     from finetune.stores.checkpoints import CheckpointStore
@@ -105,9 +112,10 @@ def train_once(dataset: Path, checkpoints: Path, *, shared: bool, epochs: int) -
     shutil.rmtree(checkpoints, ignore_errors=True)
     store = CheckpointStore(f"s3://{BUCKET}/train", staging_root=checkpoints)
     uploader = store.uploader("job") if shared else None
-    started = time.perf_counter()
+    started, cpu_here, cpu_server = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server_pid)
     train(spec, dataset_dir=dataset, checkpoint_dir=store.working_dir("job"))
     elapsed = time.perf_counter() - started
+    cpu_here, cpu_server = cpu_seconds(os.getpid()) - cpu_here, cpu_seconds(server_pid) - cpu_server
     if uploader is not None:
         uploader.stop()
         store.remove_shared("job")
@@ -118,6 +126,8 @@ def train_once(dataset: Path, checkpoints: Path, *, shared: bool, epochs: int) -
         "uploads": len(done.seconds) if done else 0,
         "upload_s_mean": round(sum(done.seconds) / len(done.seconds), 2) if done and done.seconds else None,
         "epochs": 1 + epochs,
+        "cpu_s_training_process": round(cpu_here, 1),  # training and, when shared, the upload thread
+        "cpu_s_s3_server": round(cpu_server, 1),  # moto receiving: on another host in a deployment
     }
 
 
@@ -137,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for _ in range(args.rounds):
             for shared in (False, True):
-                runs.append(train_once(dataset, workdir / "train-checkpoints", shared=shared, epochs=args.epochs))
+                runs.append(
+                    train_once(
+                        dataset, workdir / "train-checkpoints", shared=shared, epochs=args.epochs, server_pid=server.pid
+                    )
+                )
                 print("training", json.dumps(runs[-1]), file=sys.stderr, flush=True)
         local = [run["train_s"] for run in runs if not run["shared"]]
         with_upload = [run["train_s"] for run in runs if run["shared"]]
