@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finetune.ml.devices import usable_cores
@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     @property
     def cache(self) -> CacheLayout:
         return CacheLayout(Path(self.cache_dir).resolve())
+
+    @model_validator(mode="after")
+    def _checkpoints_in_a_folder_of_their_own(self) -> Settings:
+        """The reaper deletes what it finds in CHECKPOINT_DIR for jobs that are over: never a store's folder."""
+        if self.checkpoint_dir is not None:
+            normalized = self.checkpoint_dir.rstrip("/")
+            if normalized in (self.model_dir.rstrip("/"), self.data_dir.rstrip("/")):
+                raise ValueError("CHECKPOINT_DIR must be a folder of its own, not MODEL_DIR or DATA_DIR")
+        return self
 
     @property
     def checkpoint_url(self) -> str:

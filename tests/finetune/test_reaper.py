@@ -157,3 +157,11 @@ def test_a_job_delivered_again_whose_model_is_saved_is_not_trained_again(jobs, r
     assert (record["status"], record["model_id"], record["attempts"]) == ("succeeded", manifest["id"], 1)
     assert not checkpoint_store(settings).working_dir(job_id).exists()
     assert [m["id"] for m in ModelStore(tmp_path / "models").list()] == [manifest["id"]]
+
+
+@pytest.mark.parametrize("store", ["model_dir", "data_dir"])
+def test_checkpoints_cannot_share_a_store_folder_the_reaper_would_empty(store, tmp_path):
+    folders = {"model_dir": str(tmp_path / "models"), "data_dir": str(tmp_path / "data")}
+    with pytest.raises(ValueError, match="CHECKPOINT_DIR must be a folder of its own"):
+        Settings(**folders, checkpoint_dir=folders[store] + "/")
+    assert Settings(**folders, checkpoint_dir=str(tmp_path / "checkpoints")).checkpoint_url.endswith("checkpoints")
