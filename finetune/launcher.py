@@ -175,6 +175,8 @@ def start_redis(*, port: int, data_dir: Path, appendonly: bool = True) -> Manage
         "",
         "--appendonly",
         "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",  # a SIGKILL or power loss loses at most the last second of writes (docs/deploy.md)
         "--dir",
         str(data_dir),
         "--daemonize",

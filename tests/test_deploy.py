@@ -192,6 +192,7 @@ def test_redis_persists_with_append_only_file(compose, services):
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
     assert re.search(r"--appendonly\s+yes", command_text(redis))
+    assert re.search(r"--appendfsync\s+everysec", command_text(redis))  # a SIGKILL loses at most a second
     source = mounts(redis)["/data"]
     assert source in compose["volumes"]
     assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]

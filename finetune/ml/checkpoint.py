@@ -8,12 +8,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from finetune.states import Phase
 
-STATE_FILE = "state.json"
+if TYPE_CHECKING:  # keras is imported where a model is saved or loaded: the reaper reads STATE_FILE without it
+    import keras
+
+STATE_FILE = "state.json"  # names the model file it goes with (`model_file`); written last
+MODEL_FILE_KEY = "model_file"
 HEAD, MODEL = "head", "model"  # what a checkpoint's trainee is: the head alone (cached features) or the classifier
 
 
@@ -56,7 +59,7 @@ class Checkpointer:
         trainee.save(temporary)
         os.replace(temporary, self.directory / model_name)
         state_tmp = self.directory / f".{STATE_FILE}.tmp"
-        state_tmp.write_text(json.dumps({**dataclasses.asdict(state), "model_file": model_name}))
+        state_tmp.write_text(json.dumps({**dataclasses.asdict(state), MODEL_FILE_KEY: model_name}))
         os.replace(state_tmp, self.directory / STATE_FILE)
         for stale in self.directory.glob("trainee-*.keras"):
             if stale.name != model_name:
@@ -66,8 +69,10 @@ class Checkpointer:
         state_path = self.directory / STATE_FILE
         if not state_path.exists():
             return None
+        import keras
+
         data = json.loads(state_path.read_text())
-        trainee = keras.models.load_model(self.directory / data["model_file"])
+        trainee = keras.models.load_model(self.directory / data[MODEL_FILE_KEY])
         return Resumed(TrainingState.from_json(data), trainee)
 
     def clear(self) -> None:

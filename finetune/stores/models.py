@@ -136,6 +136,10 @@ class ModelStore:
         except ValueError:  # a record cut short: never listed, so never served either
             raise NotFound(f"model {model_id!r} not found (its record is incomplete)") from None
 
+    def by_job(self) -> dict[str, dict]:
+        """The manifest of each job's model, by job id (models uploaded or copied without a job left out)."""
+        return {manifest["job_id"]: manifest for manifest in reversed(self.list()) if manifest.get("job_id")}
+
     def newest(self) -> dict:
         models = self.list()
         if not models:

@@ -44,6 +44,16 @@ def test_redis_answers_ping_and_stop_leaves_no_process(tmp_path):
     assert not pid_exists(server.pid)
 
 
+def test_the_embedded_redis_appends_every_write_and_flushes_it_every_second(tmp_path):
+    port = free_port()
+    server = start_redis(port=port, data_dir=tmp_path)
+    try:
+        config = redis.Redis(port=port, decode_responses=True).config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", "everysec")
+    finally:
+        server.stop()
+
+
 def test_redis_aof_survives_a_restart(tmp_path):
     port = free_port()
     server = start_redis(port=port, data_dir=tmp_path)
