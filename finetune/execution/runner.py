@@ -67,7 +67,8 @@ class ProgressReporter:
         self.last_batch_report = time.monotonic()
         if event.history is not None:
             self.history = event.history
-        progress = overall_progress(self.spec, self.history, event.phase, event.batch, event.batches)
+        batches_after_history = 0 if at_epoch_end else event.batch
+        progress = overall_progress(self.spec, self.history, event.phase, batches_after_history, event.batches)
         patch = {"phase": event.phase, "progress": progress, "eta_seconds": eta_seconds(self.started_at, progress)}
         if event.phase in ("warmup", "finetune"):
             patch |= {"epoch": event.epoch, "epochs": event.epochs, "batch": event.batch, "batches": event.batches}
