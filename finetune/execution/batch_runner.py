@@ -215,13 +215,13 @@ def _label_all(batches: BatchStore, files: BatchFileStore, record: dict, setting
     try:
         inputs = files.files(batch_id)
         written = files.done_chunks(batch_id)
-        counter = ProgressCounter(record, [files.read_part(batch_id, chunk) for chunk in written])
         todo = [(chunk, inputs.chunk(chunk, record["chunk_size"])) for chunk in _remaining(record, written)]
+        labeller = _labeller(record, inputs, settings) if todo else None  # the model loaded before the clock starts
+        counter = ProgressCounter(record, [files.read_part(batch_id, chunk) for chunk in written])
         batches.update(
             batch_id, counter.patch() | {"resumed_at_chunk": todo[0][0] if todo else None}, allowed_from=running
         )
-        if todo:
-            labeller = _labeller(record, inputs, settings)
+        if labeller is not None:
             for chunk, rows in labeller.labelled(todo):
                 if batches.cancel_requested(batch_id):
                     return finish_batch(batches, batch_id, JobStatus.CANCELLED)["status"]
