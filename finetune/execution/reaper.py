@@ -27,6 +27,7 @@ from finetune.errors import BrokerUnavailable, Conflict, NotFound
 from finetune.ids import now_iso
 from finetune.settings import Settings
 from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
+from finetune.stores.batches import BatchStore
 from finetune.stores.checkpoints import CheckpointStore, local_folders
 from finetune.stores.jobs import JobStore
 from finetune.stores.models import ModelStore
@@ -94,12 +95,15 @@ def requeue_stale_jobs(jobs: JobStore, *, stale_after_s: float, enqueue, models:
                 record["id"], {"status": JobStatus.QUEUED, "worker": None}, allowed_from=frozenset({JobStatus.RUNNING})
             )
         except Conflict:  # it moved on (finished, cancelled, or another reaper took it) since the listing
-            log.info("job %s: not re-queued, it left `running` meanwhile", record["id"])
+            log.info("%s %s: not re-queued, it left `running` meanwhile", jobs.KIND, record["id"])
             continue
         enqueue(record["id"])
         requeued.append(record["id"])
         log.warning(
-            "job %s: worker silent for %.0f s; re-queued to resume from its checkpoint", record["id"], now - (beat or 0)
+            "%s %s: worker silent for %.0f s; re-queued to resume from its checkpoint",
+            jobs.KIND,
+            record["id"],
+            now - (beat or 0),
         )
     return requeued
 
@@ -142,9 +146,11 @@ def collect_local_leftovers(jobs: JobStore, roots: Iterable[Path], *, grace_s: f
 
 
 class Reaper(threading.Thread):
-    def __init__(self, settings: Settings, *, enqueue: Callable[[str], None]):
+    def __init__(
+        self, settings: Settings, *, enqueue: Callable[[str], None], enqueue_batch: Callable[[str], None] | None = None
+    ):
         super().__init__(daemon=True, name="finetune-reaper")
-        self.settings, self.enqueue = settings, enqueue
+        self.settings, self.enqueue, self.enqueue_batch = settings, enqueue, enqueue_batch
         self.stopped = threading.Event()
         self.redis_run_id: str | None = None  # the Redis server seen last; a new one may have lost writes
 
@@ -152,16 +158,19 @@ class Reaper(threading.Thread):
         jobs = JobStore.from_url(self.settings.redis_url)
         models = ModelStore(self.settings.model_dir, cache_dir=self.settings.cache_dir)
         checkpoints = checkpoint_store(self.settings)
+        batches = BatchStore(jobs.redis)
         interval = max(1.0, self.settings.job_stale_after_s / 4)
         while True:
             try:
-                self.sweep(jobs, models, checkpoints, lock_s=int(interval) + 1)
+                self.sweep(jobs, batches, models, checkpoints, lock_s=int(interval) + 1)
             except (redis.RedisError, BrokerUnavailable, OSError):
                 log.warning("reaper pass failed (Redis or a store unreachable); retrying", exc_info=True)
             if self.stopped.wait(interval):
                 return
 
-    def sweep(self, jobs: JobStore, models: ModelStore, checkpoints: CheckpointStore, *, lock_s: int) -> None:
+    def sweep(
+        self, jobs: JobStore, batches: BatchStore, models: ModelStore, checkpoints: CheckpointStore, *, lock_s: int
+    ) -> None:
         settings = self.settings
         collect_local_leftovers(
             jobs, [settings.cache.checkpoints_root, settings.cache.decoded_root], grace_s=settings.leftover_grace_s
@@ -174,10 +183,15 @@ class Reaper(threading.Thread):
             log.info("Redis server %s: %d job records reconciled with the model store", run_id, len(reconciled))
             self.redis_run_id = run_id
         requeue_stale_jobs(jobs, stale_after_s=settings.job_stale_after_s, enqueue=self.enqueue, models=models)
+        if self.enqueue_batch is not None:
+            requeue_stale_jobs(batches, stale_after_s=settings.job_stale_after_s, enqueue=self.enqueue_batch)
         collect_shared_checkpoints(jobs, checkpoints, grace_s=settings.leftover_grace_s)
 
 
-def start_reaper(settings: Settings, *, enqueue: Callable[[str], None]) -> Reaper:
-    reaper = Reaper(settings, enqueue=enqueue)
+def start_reaper(
+    settings: Settings, *, enqueue: Callable[[str], None], enqueue_batch: Callable[[str], None] | None = None
+) -> Reaper:
+    """`enqueue_batch`: also re-queue batches whose worker went silent (as jobs are)."""
+    reaper = Reaper(settings, enqueue=enqueue, enqueue_batch=enqueue_batch)
     reaper.start()
     return reaper

@@ -34,6 +34,8 @@ What `unpack_archive` guarantees and decides:
   silently turn into the classes "train" and "val". Non-image files outside
   `<class>/` are dropped; those inside a class folder are kept, for the
   dataset scanner to report.
+- `layout="any"` (a batch of images to label, not a dataset) keeps every file at its own path, at any
+  depth, with no wrapper stripped and nothing refused for its place; every other rule above holds.
 - Unpacking goes to a fresh hidden directory next to `dest_dir` (whose
   parent is created if missing), renamed into place only when everything
   succeeded; on any failure it is removed, so a refused upload leaves
@@ -65,6 +67,7 @@ from finetune.ml.images import IMAGE_EXTENSIONS
 
 ArchiveFormat = Literal["zip", "tar", "tar.gz"]
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "special"]
+Layout = Literal["classes", "any"]
 
 NESTED_ARCHIVE_SUFFIXES = (
     ".zip",
@@ -138,11 +141,17 @@ class ArchiveLimits:
 
 
 def unpack_archive(
-    archive_path: str | Path, dest_dir: str | Path, *, limits: ArchiveLimits, partial_splits: bool = False
+    archive_path: str | Path,
+    dest_dir: str | Path,
+    *,
+    limits: ArchiveLimits,
+    layout: Layout = "classes",
+    partial_splits: bool = False,
 ) -> None:
     """Unpack a dataset archive into `dest_dir` (which must not exist) as `<class>/<image>` files
-    (or `<split>/<class>/<image>`). With `partial_splits` (images added to a dataset of given splits),
-    any of the splits may come alone, and a single split folder is never stripped as a wrapper.
+    (or `<split>/<class>/<image>`; `layout="any"`: every file at its own path). With `partial_splits`
+    (images added to a dataset of given splits), any of the splits may come alone, and a single split
+    folder is never stripped as a wrapper.
 
     The module docstring lists what is refused, skipped and ignored.
     """
@@ -153,7 +162,7 @@ def unpack_archive(
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:100]}.", suffix=".unpacking", dir=dest.parent))
     try:
-        _unpack_into(archive_path, archive_format, staging, limits, partial_splits)
+        _unpack_into(archive_path, archive_format, staging, limits, layout, partial_splits)
         _move_into_place(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -370,13 +379,13 @@ class _Budget:
 
 @dataclass(frozen=True)
 class _Planned:
-    class_name: str
-    file_name: str
+    parts: tuple[str, ...]
     entry: _Entry
-    split: str | None = None  # given splits: where it goes (`SPLIT_FOLDERS`' values)
 
 
-def _plan(entries: Iterator[_Entry], budget: _Budget, partial_splits: bool = False) -> list[_Planned]:
+def _plan(
+    entries: Iterator[_Entry], budget: _Budget, layout: Layout = "classes", partial_splits: bool = False
+) -> list[_Planned]:
     kept: list[tuple[tuple[str, ...], _Entry]] = []
     for entry in entries:
         budget.declare(entry)
@@ -389,9 +398,13 @@ def _plan(entries: Iterator[_Entry], budget: _Budget, partial_splits: bool = Fal
         if _is_ignored(parts) or _has_archive_suffix(parts[-1]):
             continue
         kept.append((parts, entry))
-    planned = _apply_layout(_strip_wrapping_folder(kept, partial_splits), partial_splits)
+    if layout == "classes":
+        planned = _apply_layout(_strip_wrapping_folder(kept, partial_splits), partial_splits)
+    else:
+        planned = _keep_paths(kept)
     if not planned:
-        raise BadArchive("archive is empty: it holds no files in <class>/<image> folders")
+        where = "in <class>/<image> folders" if layout == "classes" else "to read"
+        raise BadArchive(f"archive is empty: it holds no files {where}")
     budget.check_file_count(len(planned))
     return planned
 
@@ -472,10 +485,8 @@ def _apply_layout(kept: list[tuple[tuple[str, ...], _Entry]], partial_splits: bo
             _refuse_misplaced_image(parts, entry, split_layout=bool(splits))
             continue
         key = (splits[parts[0]], *parts[1:]) if splits else parts
-        if key in seen:
-            raise BadArchive(f"entry {_show(entry.name)} appears more than once")
-        seen.add(key)
-        planned.append(_Planned(key[-2], key[-1], entry, split=key[0] if splits else None))
+        _refuse_duplicate(key, entry, seen)
+        planned.append(_Planned(key, entry))
     return planned
 
 
@@ -497,6 +508,25 @@ def _given_splits(kept: list[tuple[tuple[str, ...], _Entry]], partial: bool = Fa
             f"missing: {', '.join(missing)}"
         )
     return splits
+
+
+def _keep_paths(kept: list[tuple[tuple[str, ...], _Entry]]) -> list[_Planned]:
+    """Every file at its own path (`layout="any"`); a path that is both a file and a folder is refused."""
+    planned: list[_Planned] = []
+    seen: set[tuple[str, ...]] = set()
+    folders = {parts[:depth] for parts, _ in kept for depth in range(1, len(parts))}
+    for parts, entry in kept:
+        if parts in folders:
+            raise BadArchive(f"entry {_show(entry.name)} is both a file and a folder")
+        _refuse_duplicate(parts, entry, seen)
+        planned.append(_Planned(parts, entry))
+    return planned
+
+
+def _refuse_duplicate(parts: tuple[str, ...], entry: _Entry, seen: set[tuple[str, ...]]) -> None:
+    if parts in seen:
+        raise BadArchive(f"entry {_show(entry.name)} appears more than once")
+    seen.add(parts)
 
 
 def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry, *, split_layout: bool = False) -> None:
@@ -523,29 +553,35 @@ def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry, *, split_layo
 
 
 def _unpack_into(
-    archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits, partial_splits: bool
+    archive_path: Path,
+    archive_format: ArchiveFormat,
+    staging: Path,
+    limits: ArchiveLimits,
+    layout: Layout,
+    partial_splits: bool,
 ) -> None:
     packed_size = archive_path.stat().st_size
     budget = _Budget(limits, packed_size)
     with _open_reader(archive_path, archive_format, limits, packed_size) as reader:
         with _reading_archive():
-            planned = _plan(reader.entries(), budget, partial_splits)
+            planned = _plan(reader.entries(), budget, layout, partial_splits)
         written = sum(_extract_one(reader, item, staging, budget) for item in planned)
     if written == 0:
         raise BadArchive("archive is empty: it holds nothing but nested archives")
 
 
 def _extract_one(reader: _ZipReader | _TarReader, item: _Planned, staging: Path, budget: _Budget) -> int:
-    """Copy one entry into `staging/[<split>/]<class>/<file>`; 0 when it turns out to be a nested archive."""
+    """Copy one entry into `staging/<its path>` (`[<split>/]<class>/<file>` for a dataset); 0 when it turns
+    out to be a nested archive."""
     with _reading_archive():
         source = reader.open(item.entry.handle)
     with source:
         chunk = _read_chunk(source)
         if _has_archive_magic(chunk):
             return 0
-        class_dir = staging / item.split / item.class_name if item.split else staging / item.class_name
-        class_dir.mkdir(parents=True, exist_ok=True)
-        with open(class_dir / item.file_name, "xb") as target:
+        target_path = staging.joinpath(*item.parts)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(target_path, "xb") as target:
             while chunk:
                 budget.write(len(chunk))
                 target.write(chunk)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.reliability_support import make_baseline
+from tests.integration.reliability_support import make_baseline, start_s3_server
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +24,11 @@ def baseline(client, live_service, tiny_dataset_zip):
         model_dir=live_service.model_dir,
         diagnostics=lambda: live_service.worker.log_tail(60),
     )
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on a free loopback port (its URL): an object store on this machine."""
+    process, url = start_s3_server(tmp_path_factory.mktemp("moto"))
+    yield url
+    process.stop()

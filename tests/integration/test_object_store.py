@@ -19,18 +19,10 @@ from tests.integration.reliability_support import (
     predict,
     predict_status,
     probe_images,
-    start_s3_server,
     wait_for_job,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    process, url = start_s3_server(tmp_path_factory.mktemp("moto"))
-    yield url
-    process.stop()
 
 
 @pytest.fixture(scope="module")
