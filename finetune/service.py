@@ -306,6 +306,7 @@ class Service:
             raise Conflict(f"batch {batch_id!r} is {record['status']}: its results are served once it ends")
         return record, self.batch_files.rows(batch_id)
 
+
 def _check_splits_fit(spec: JobSpec, dataset: dict) -> None:
     """422 for a `test_split` on a dataset of given splits (its own test folder, or none, is the answer)."""
     if spec.test_split is not None and dataset.get("splits"):
