@@ -20,6 +20,7 @@ from app.routers import aliases, backbones, datasets, exports, health, jobs, mod
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.errors import NotFound
 from finetune.execution.reaper import start_reaper
+from finetune.execution.webhooks import start_dispatcher
 from finetune.ml.backbones import BACKBONES, describe_layers
 from finetune.ml.predictor import set_threads_per_op
 from finetune.service import Service
@@ -83,7 +84,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export
         await asyncio.get_running_loop().run_in_executor(None, _remove_leftovers, app.state.service, settings)
         preload = asyncio.get_running_loop().run_in_executor(None, _warm_up, app.state.service)
         reaper = start_reaper(settings, enqueue=app.state.service.enqueue)
+        webhooks = start_dispatcher(settings)
         yield
+        webhooks.stopped.set()
         reaper.stopped.set()
         preload.cancel()
 

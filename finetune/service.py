@@ -9,6 +9,7 @@ from urllib.parse import quote
 import numpy as np
 
 from finetune.errors import BrokerUnavailable, Conflict, InvalidSpec, NotFound
+from finetune.execution.webhooks import check_webhook_url
 from finetune.ml.spec import JobSpec
 from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
@@ -78,6 +79,8 @@ class Service:
 
     def create_job(self, spec: JobSpec) -> dict:
         self.datasets.get(spec.dataset_id)
+        if spec.webhook_url is not None:
+            check_webhook_url(self.settings, spec.webhook_url)
         record = self.jobs.create(spec)
         try:
             self.enqueue(record["id"])

@@ -17,6 +17,7 @@ from finetune.ids import check_id, now_iso
 from finetune.ml.spec import JobSpec
 from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 from finetune.stores.records import JobRecord
+from finetune.stores.webhooks import WebhookMessage, WebhookOutbox
 
 INDEX_KEY = "finetune:jobs"
 
@@ -27,6 +28,37 @@ def job_key(job_id: str) -> str:
 
 def new_job_record(spec: JobSpec) -> dict:
     return JobRecord.new(spec.model_dump(), spec.dataset_id).to_json()
+
+
+def webhook_event(before: dict, after: dict) -> str | None:
+    """The event a job record's change is, when the job's spec asks to be told of it: `job.<status>` on
+    reaching a final status, `job.epoch` when a running job's history grows by an epoch."""
+    spec = after["spec"]
+    if not spec.get("webhook_url"):
+        return None
+    events = spec.get("webhook_events") or ["final"]
+    if after["status"] in FINAL_STATUSES and before["status"] not in FINAL_STATUSES:
+        return f"job.{after['status']}" if "final" in events else None
+    if "epoch" in events and after["status"] == JobStatus.RUNNING and len(after["history"]) > len(before["history"]):
+        return "job.epoch"
+    return None
+
+
+def job_webhook(before: dict, after: dict) -> WebhookMessage | None:
+    """The webhook message of a record's change (None when it is none); its data is the job as
+    `GET /jobs/{id}` shows it, less the delivery log."""
+    event = webhook_event(before, after)
+    if event is None:
+        return None
+    data = {key: value for key, value in after.items() if key != "webhook_deliveries"}
+    return WebhookMessage.new(
+        url=after["spec"]["webhook_url"],
+        kind="job",
+        record_id=after["id"],
+        record_key=job_key(after["id"]),
+        event=event,
+        data=data,
+    )
 
 
 def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:
@@ -105,7 +137,8 @@ class JobStore:
         return [record for record in records if status is None or record["status"] == status]
 
     def update(self, job_id: str, patch: dict, *, allowed_from: frozenset[str] | None = None) -> dict:
-        """Apply `patch` atomically; with `allowed_from`, only while the status is one of those."""
+        """Apply `patch` atomically; with `allowed_from`, only while the status is one of those. A change the
+        job's spec wants a webhook for queues its message in the same transaction (stores/webhooks.py)."""
 
         def attempt():
             with self.redis.pipeline() as pipe:
@@ -115,12 +148,15 @@ class JobStore:
                         raw = pipe.hget(job_key(job_id), "record")
                         if raw is None:
                             raise NotFound(f"job {job_id!r} not found")
-                        record = json.loads(raw)
-                        if allowed_from is not None and record["status"] not in allowed_from:
-                            raise Conflict(f"job {job_id!r} is {record['status']}")
-                        record.update(patch)
+                        before = json.loads(raw)
+                        if allowed_from is not None and before["status"] not in allowed_from:
+                            raise Conflict(f"job {job_id!r} is {before['status']}")
+                        record = {**before, **patch}
+                        message = job_webhook(before, record)
                         pipe.multi()
                         pipe.hset(job_key(job_id), mapping={"record": json.dumps(record), "status": record["status"]})
+                        if message is not None:
+                            WebhookOutbox.add(pipe, message)
                         pipe.execute()
                         return record
                     except redis.WatchError:
