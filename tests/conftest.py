@@ -18,6 +18,7 @@ if str(PROJECT_ROOT) not in sys.path:
 from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker  # noqa: E402
 from finetune.settings import Settings  # noqa: E402
 from tests.helpers import make_dataset_zip  # noqa: E402
+from tests.webhook_support import TEST_WEBHOOK_SECRET  # noqa: E402
 
 
 class RedisServer:
@@ -101,6 +102,9 @@ def service_env(tmp_path_factory, redis_databases) -> dict[str, str]:
         TF_CPP_MIN_LOG_LEVEL="2",
         JOB_STALE_AFTER_S="10",
         HEARTBEAT_S="1",
+        # webhooks signed with a known secret, and allowed to the tests' receivers on loopback
+        WEBHOOK_SECRET=TEST_WEBHOOK_SECRET,
+        WEBHOOK_ALLOW_PRIVATE="true",
     )
     for key in ("MODEL_DIR", "DATA_DIR", "CACHE_DIR", "KERAS_HOME"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
