@@ -111,3 +111,16 @@ def test_raw_predictor_measures_both_thread_set_ups_in_a_child(tmp_path):
         figures = measure_in_child(tmp_path, manifest["id"], threads=threads, streams=streams)
         assert (figures["threads"], figures["streams"]) == (threads, streams)
         assert figures["latency_b1_ms"] > 0 and figures["forward_b8_ips"] > 0
+
+
+def test_serve_models_takes_a_stores_models_newest_first(tmp_path):
+    """`--serve-models DIR` (the /predict section alone, without training): the store's models, newest first."""
+    from bench.run import _given_models, parse_args
+
+    for model_id, created in (("older", "2026-01-01T00:00:00+00:00"), ("newer", "2026-02-01T00:00:00+00:00")):
+        (tmp_path / model_id).mkdir()
+        (tmp_path / model_id / "manifest.json").write_text(f'{{"id": "{model_id}", "created_at": "{created}"}}')
+    args = parse_args(["--skip", "seed", "--skip", "project", "--serve-models", str(tmp_path)])
+    assert _given_models(args.serve_models) == {"model_dir": tmp_path.resolve(), "model_ids": ["newer", "older"]}
+    with pytest.raises(SystemExit, match="no model"):
+        _given_models(tmp_path / "older")
