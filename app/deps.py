@@ -1,4 +1,7 @@
-"""`Annotated` dependencies: the settings and the service, built once per app in its lifespan."""
+"""`Annotated` dependencies: the settings and the service, built once per app in its lifespan.
+
+Every dependency here (and `require_api_key`) is `async def`: FastAPI runs a plain `def` dependency in
+its thread pool, a thread hop per dependency per request for a mere attribute read."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ from finetune.service import Service
 from finetune.settings import Settings
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

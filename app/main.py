@@ -20,6 +20,7 @@ from app.routers import aliases, backbones, batches, datasets, exports, health, 
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.errors import NotFound
 from finetune.execution.reaper import start_reaper
+from finetune.execution.webhooks import start_dispatcher
 from finetune.ml.backbones import BACKBONES, describe_layers
 from finetune.ml.predictor import set_threads_per_op
 from finetune.service import Service
@@ -85,7 +86,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export
         reaper = start_reaper(
             settings, enqueue=app.state.service.enqueue, enqueue_batch=app.state.service.enqueue_batch
         )
+        webhooks = start_dispatcher(settings)
         yield
+        webhooks.stopped.set()
         reaper.stopped.set()
         preload.cancel()
 

@@ -28,7 +28,8 @@ def key_is_valid(presented: str | None, keys: list[str]) -> bool:
     return any(matches)
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
+    """Every protected route's dependency (async: no thread hop, see app/deps.py)."""
     keys = request.app.state.settings.api_key_list
     if keys and not key_is_valid(presented_key(request), keys):
         raise Unauthorized(MESSAGE)

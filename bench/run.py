@@ -91,6 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "finetune.batchnorm=frozen; repeatable",
     )
     parser.add_argument(
+        "--serve-models",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help="serve the models of this store (the first for the load levels, all for the memory check) instead "
+        "of the project run's: with --skip seed --skip project, only the ceilings and /predict are measured",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -295,9 +303,10 @@ def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, o
     results["project_small"] = sections.run(
         "project_small", lambda: _project_small(spec, out, classes), group="project"
     )
-    if project_aug is not None:
-        results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
-        results["batches"] = sections.run("batches", lambda: _batches(project_aug, out))
+    served = _given_models(args.serve_models) if args.serve_models else project_aug
+    if served is not None:
+        results["serving"] = _as_dict(sections.run("serving", lambda: _serving(served, out, args)))
+        results["batches"] = sections.run("batches", lambda: _batches(served, out))
     else:
         for section in ("serving", "batches"):
             if section not in args.skip:
@@ -393,13 +402,23 @@ def _project_small(spec, out: Path, classes: int) -> dict:
     return run_in_child(small, short, label="memory probe: 4 images per class", work_dir=out / "project")
 
 
+def _given_models(model_dir: Path) -> dict:
+    """`--serve-models`: the store's models, newest first, shaped as a project run's for `_serving`."""
+    from finetune.stores.models import ModelStore
+
+    listed = ModelStore(str(model_dir)).list()
+    if not listed:
+        raise SystemExit(f"--serve-models {model_dir}: no model there")
+    return {"model_dir": model_dir.resolve(), "model_ids": [manifest["id"] for manifest in listed]}
+
+
 def _serving(project_run: dict, out: Path, args):
     from bench.data import sample_jpeg
     from bench.serving import measure_serving
 
     image = sample_jpeg(out / "predict.jpg", size=224)
     return measure_serving(
-        out / "models",
+        project_run.get("model_dir", out / "models"),
         project_run["model_ids"],
         image,
         out / "serving",
@@ -416,7 +435,8 @@ def _batches(project_run: dict, out: Path) -> dict:
     from bench.data import sample_jpeg
 
     image = sample_jpeg(out / "batch.jpg", size=224)
-    return measure_batches(out / "models", project_run["model_ids"][0], image, out / "batches")
+    model_dir = project_run.get("model_dir", out / "models")
+    return measure_batches(model_dir, project_run["model_ids"][0], image, out / "batches")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 
 from finetune.errors import BrokerUnavailable, Conflict, InvalidSpec, NotFound
 from finetune.execution.batch_runner import batch_file_store, finish_batch
+from finetune.execution.webhooks import check_webhook_url
 from finetune.ml.spec import JobSpec
 from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
@@ -91,6 +92,8 @@ class Service:
     def create_job(self, spec: JobSpec) -> dict:
         dataset = self.datasets.get(spec.dataset_id)
         _check_splits_fit(spec, dataset)
+        if spec.webhook_url is not None:
+            check_webhook_url(self.settings, spec.webhook_url)
         record = self.jobs.create(spec)
         try:
             self.enqueue(record["id"])
@@ -243,6 +246,8 @@ class Service:
         """A queued batch over exactly one of an uploaded archive, a dataset or an object-store URL, sent
         to the workers; `options`: top_k, threshold, webhook_url. The model is resolved now, so the
         record names the concrete model whatever an alias does later."""
+        if options.get("webhook_url") is not None:
+            check_webhook_url(self.settings, options["webhook_url"])
         manifest = self.resolve_model(model_id)
         unknown = sorted(set(thresholds or {}) - set(manifest["classes"]))
         if unknown:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finetune.ml.devices import usable_cores
@@ -53,8 +55,12 @@ class CacheLayout:
         return self.root
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # hide_input_in_errors: a malformed WEBHOOK_SECRET or API_KEYS must not be printed in the error
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True)
 
     redis_url: str | None = Field(default=None, description="Redis URL; unset for `make run` means an embedded Redis")
     model_dir: str = Field(default="./models", description="model store: a path or s3://bucket/prefix")
@@ -116,6 +122,40 @@ class Settings(BaseSettings):
     batch_decode_threads: int = Field(
         default_factory=lambda: usable_cores(), ge=1, le=256, description="threads decoding a batch's images"
     )
+
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="signs webhooks (Standard Webhooks): `whsec_` + base64 of 24-64 random bytes; unset: a job "
+        "or batch with a webhook_url is refused (422)",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhooks go to loopback, private, link-local and other non-public addresses "
+        "(cloud metadata addresses stay refused)",
+    )
+    webhook_retry_for_s: float = Field(
+        default=3600.0, ge=0.0, description="a message is retried for this long after its event, then given up"
+    )
+    webhook_backoff_s: float = Field(default=1.0, gt=0.0, description="the first retry's delay; each next one doubles")
+    webhook_backoff_max_s: float = Field(default=300.0, gt=0.0, description="the longest delay between two attempts")
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, description="one attempt's connect and response timeout")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None or not secret.get_secret_value():
+            return None
+        encoded = secret.get_secret_value().removeprefix(WEBHOOK_SECRET_PREFIX)
+        try:
+            size = len(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            size = 0
+        if not 24 <= size <= 64:
+            raise ValueError(
+                "WEBHOOK_SECRET must be `whsec_` followed by the base64 of 24 to 64 random bytes, e.g. "
+                "python -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+            )
+        return secret
 
     api_keys: str = Field(default="", description="comma-separated; empty means no authentication")
     cors_origins: str = Field(default="", description="comma-separated origins; empty means CORS off")

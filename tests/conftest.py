@@ -17,6 +17,7 @@ if str(PROJECT_ROOT) not in sys.path:
 from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker  # noqa: E402
 from tests.helpers import make_dataset_zip  # noqa: E402
 from tests.processes import isolated_env  # noqa: E402
+from tests.webhook_support import TEST_WEBHOOK_SECRET  # noqa: E402
 
 
 class RedisServer:
@@ -90,7 +91,9 @@ def service_env(tmp_path_factory, redis_databases) -> dict[str, str]:
     """Environment for child processes: this session's Redis and directories, no stray settings."""
     root = tmp_path_factory.mktemp("service")
     redis_url = redis_databases.url(RedisDatabases.LIVE_SERVICE)
-    return isolated_env(root, REDIS_URL=redis_url, JOB_STALE_AFTER_S="10", HEARTBEAT_S="1")
+    # webhooks signed with a known secret, and allowed to the tests' receivers on loopback
+    webhooks = {"WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "WEBHOOK_ALLOW_PRIVATE": "true"}
+    return isolated_env(root, REDIS_URL=redis_url, JOB_STALE_AFTER_S="10", HEARTBEAT_S="1", **webhooks)
 
 
 class LiveService:

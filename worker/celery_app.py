@@ -52,8 +52,15 @@ def _start_reaper(sender=None, **_):
     )
 
 
+@worker_ready.connect
+def _start_webhook_dispatcher(sender=None, **_):
+    from finetune.execution.webhooks import start_dispatcher
+
+    sender.app.finetune_webhooks = start_dispatcher(get_settings())
+
+
 @worker_shutting_down.connect
-def _stop_reaper(**_):
-    reaper = getattr(app, "finetune_reaper", None)
-    if reaper is not None:
-        reaper.stopped.set()
+def _stop_threads(**_):
+    for thread in (getattr(app, "finetune_reaper", None), getattr(app, "finetune_webhooks", None)):
+        if thread is not None:
+            thread.stopped.set()

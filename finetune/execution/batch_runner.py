@@ -66,8 +66,8 @@ def finish_batch(
 
 
 def on_final_status(record: dict) -> None:
-    """Called once per batch that reached a final status, with its final record (`webhook_url`
-    included): where a webhook delivery is sent from."""
+    """Called once per batch that reached a final status, with its final record. Its webhook (if it has
+    a `webhook_url`) was queued by the store's update in the same transaction as the status."""
     log.info("batch %s ended %s (%s of %s images)", record["id"], record["status"], *_done_total(record))
 
 

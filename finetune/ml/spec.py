@@ -203,9 +203,30 @@ class PublishSpec(BaseModel):
     min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0, description="the promotion gate")
 
 
+WebhookEvent = Literal["final", "epoch"]
+# What a job's spec names besides the recipe: where its data and its model go, whom to tell.
+JOB_ONLY_FIELDS = frozenset({"dataset_id", "publish", "webhook_url", "webhook_events"})
+
+
 class JobSpec(TrainingSpec):
     dataset_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     publish: PublishSpec | None = Field(default=None, description="promote the model under an alias when it passes")
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="an http(s) URL POSTed a signed message (Standard Webhooks) when the job ends; its host "
+        "must resolve to public addresses unless the server sets WEBHOOK_ALLOW_PRIVATE",
+    )
+    webhook_events: list[WebhookEvent] = Field(
+        default=["final"],
+        min_length=1,
+        description="`final`: succeeded, failed or cancelled; `epoch`: also after every training epoch",
+    )
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_once(cls, events: list[str]) -> list[str]:
+        return sorted(set(events))
 
     @field_validator("dataset_id")
     @classmethod
@@ -215,4 +236,4 @@ class JobSpec(TrainingSpec):
         return dataset_id
 
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec.model_validate(self.model_dump(exclude={"dataset_id", "publish"}))
+        return TrainingSpec.model_validate(self.model_dump(exclude=set(JOB_ONLY_FIELDS)))

@@ -66,6 +66,10 @@ class BatchStore(JobStore):
         )
         return self.insert(record.to_json())
 
+    def webhook_target(self, record: dict) -> tuple[str | None, list[str]]:
+        """A batch tells its final status to the `webhook_url` it was created with."""
+        return record.get("webhook_url"), ["final"]
+
 
 @dataclass(frozen=True)
 class BatchFiles:

@@ -17,6 +17,7 @@ from finetune.ids import check_id, now_iso
 from finetune.ml.spec import JobSpec
 from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 from finetune.stores.records import JobRecord
+from finetune.stores.webhooks import WebhookMessage, WebhookOutbox
 
 INDEX_KEY = "finetune:jobs"
 
@@ -27,6 +28,17 @@ def job_key(job_id: str) -> str:
 
 def new_job_record(spec: JobSpec) -> dict:
     return JobRecord.new(spec.model_dump(), spec.dataset_id).to_json()
+
+
+def webhook_event(kind: str, events: list[str], before: dict, after: dict) -> str | None:
+    """The event a record's change is, among the `events` its owner asked for: `<kind>.<status>` on
+    reaching a final status ("final"), `<kind>.epoch` when a running record's history grows ("epoch")."""
+    if after["status"] in FINAL_STATUSES and before["status"] not in FINAL_STATUSES:
+        return f"{kind}.{after['status']}" if "final" in events else None
+    grown = len(after.get("history") or []) > len(before.get("history") or [])
+    if "epoch" in events and after["status"] == JobStatus.RUNNING and grown:
+        return f"{kind}.epoch"
+    return None
 
 
 def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:
@@ -69,6 +81,23 @@ class JobStore:
             redis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
             )
+        )
+
+    def webhook_target(self, record: dict) -> tuple[str | None, list[str]]:
+        """Where a record's changes are told, and which: a job's spec names them."""
+        spec = record["spec"]
+        return spec.get("webhook_url"), spec.get("webhook_events") or ["final"]
+
+    def webhook_message(self, before: dict, after: dict) -> WebhookMessage | None:
+        """The webhook message of a record's change (None when it is none); its data is the record as
+        its GET route shows it, less the delivery log."""
+        url, events = self.webhook_target(after)
+        event = webhook_event(self.KIND, events, before, after) if url else None
+        if event is None:
+            return None
+        data = {key: value for key, value in after.items() if key != "webhook_deliveries"}
+        return WebhookMessage.new(
+            url=url, kind=self.KIND, record_id=after["id"], record_key=self.key(after["id"]), event=event, data=data
         )
 
     def ping(self) -> bool:
@@ -121,7 +150,8 @@ class JobStore:
         return [record for record in records if status is None or record["status"] == status]
 
     def update(self, job_id: str, patch: dict, *, allowed_from: frozenset[str] | None = None) -> dict:
-        """Apply `patch` atomically; with `allowed_from`, only while the status is one of those."""
+        """Apply `patch` atomically; with `allowed_from`, only while the status is one of those. A change the
+        job's spec wants a webhook for queues its message in the same transaction (stores/webhooks.py)."""
 
         def attempt():
             with self.redis.pipeline() as pipe:
@@ -131,12 +161,15 @@ class JobStore:
                         raw = pipe.hget(self.key(job_id), "record")
                         if raw is None:
                             raise NotFound(f"{self.KIND} {job_id!r} not found")
-                        record = json.loads(raw)
-                        if allowed_from is not None and record["status"] not in allowed_from:
-                            raise Conflict(f"{self.KIND} {job_id!r} is {record['status']}")
-                        record.update(patch)
+                        before = json.loads(raw)
+                        if allowed_from is not None and before["status"] not in allowed_from:
+                            raise Conflict(f"{self.KIND} {job_id!r} is {before['status']}")
+                        record = {**before, **patch}
+                        message = self.webhook_message(before, record)
                         pipe.multi()
                         pipe.hset(self.key(job_id), mapping={"record": json.dumps(record), "status": record["status"]})
+                        if message is not None:
+                            WebhookOutbox.add(pipe, message)
                         pipe.execute()
                         return record
                     except redis.WatchError:

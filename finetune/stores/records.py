@@ -47,6 +47,19 @@ class Publication(BaseModel):
     split: str = Field(default="validation", description="the split the accuracy was measured on")
 
 
+class WebhookDelivery(BaseModel):
+    """One attempt to deliver one webhook message (`webhook_id` is the same on every retry of a message)."""
+
+    webhook_id: str
+    event: str = Field(description="`job.succeeded`, `job.failed`, `job.cancelled`, `job.epoch`, ...")
+    attempt: int = Field(description="1 for the first try of this message")
+    at: str = Field(description="when the attempt was made")
+    status_code: int | None = Field(default=None, description="the receiver's HTTP status, when it answered")
+    error: str | None = Field(default=None, description="why the attempt failed, when it did")
+    delivered: bool = False
+    next_attempt_at: str | None = Field(default=None, description="when it is retried; null: no more retries")
+
+
 class JobRecord(Record):
     """A job as Redis keeps it and `GET /jobs/{id}` shows it."""
 
@@ -66,6 +79,9 @@ class JobRecord(Record):
     model_id: str | None = None
     error: JobError | None = None
     publication: Publication | None = Field(default=None, description="what the spec's `publish` did")
+    webhook_deliveries: list[WebhookDelivery] = Field(
+        default_factory=list, description="every attempt to POST the spec's `webhook_url`, oldest first"
+    )
     attempts: int = 0
     worker: str | None = Field(default=None, description="host:pid of the job process running it")
     heartbeat_at: float | None = None
@@ -267,7 +283,10 @@ class BatchRecord(Record):
     progress: float = Field(default=0.0, description="0..1: images done over images in all")
     eta_seconds: float | None = None
     images_per_second: float | None = Field(default=None, description="measured in the current or last attempt")
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(default=None, description="told of the final status (Standard Webhooks)")
+    webhook_deliveries: list[WebhookDelivery] = Field(
+        default_factory=list, description="every attempt to POST `webhook_url`, oldest first"
+    )
     error: JobError | None = None
     attempts: int = 0
     worker: str | None = Field(default=None, description="host:pid of the process running it")

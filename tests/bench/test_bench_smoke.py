@@ -133,3 +133,16 @@ def test_batch_bench_runs_the_batch_runner_and_the_raw_forward_side_by_side(tmp_
     assert figures["batch"]["images"] == figures["raw"]["images"] == 40
     assert figures["batch"]["errors"] == 0
     assert figures["batch"]["images_per_second"] > 0 and figures["raw"]["images_per_second"] > 0
+
+
+def test_serve_models_takes_a_stores_models_newest_first(tmp_path):
+    """`--serve-models DIR` (the /predict section alone, without training): the store's models, newest first."""
+    from bench.run import _given_models, parse_args
+
+    for model_id, created in (("older", "2026-01-01T00:00:00+00:00"), ("newer", "2026-02-01T00:00:00+00:00")):
+        (tmp_path / model_id).mkdir()
+        (tmp_path / model_id / "manifest.json").write_text(f'{{"id": "{model_id}", "created_at": "{created}"}}')
+    args = parse_args(["--skip", "seed", "--skip", "project", "--serve-models", str(tmp_path)])
+    assert _given_models(args.serve_models) == {"model_dir": tmp_path.resolve(), "model_ids": ["newer", "older"]}
+    with pytest.raises(SystemExit, match="no model"):
+        _given_models(tmp_path / "older")
