@@ -115,3 +115,27 @@ def test_a_private_target_is_refused_without_the_setting(strict_api, dataset_id,
     assert response.status_code == 422, response.text
     assert reason in response.json()["detail"]
     assert {job["id"] for job in strict_api.get("/jobs").json()["data"]} == before  # nothing stored
+
+
+def test_a_batch_tells_its_final_status_signed(client, dataset_id, live_service):
+    job = submit_job(client, learnable_spec(dataset_id))
+    trained = wait_for_job(client, job["id"], diagnostics=lambda: live_service.worker.log_tail(40))
+    assert trained["status"] == "succeeded", trained["error"]
+    with WebhookReceiver() as receiver:
+        body = {"dataset_id": dataset_id, "model_id": trained["model_id"], "webhook_url": receiver.url}
+        response = client.post("/batches", json=body)
+        assert response.status_code == 202, response.text
+        batch_id = response.json()["id"]
+        (message,) = receiver.wait_for(1, timeout=DELIVERY_GUARD_S)
+
+        def recorded():
+            batch = client.get(f"/batches/{batch_id}").json()
+            return batch if batch["webhook_deliveries"] else None
+
+        batch = wait_for(recorded, timeout=DELIVERY_GUARD_S, what="the delivery recorded on the batch")
+    payload = message.verified()
+    assert payload["type"] == "batch.succeeded" and batch["status"] == "succeeded"
+    assert payload["data"]["id"] == batch_id and payload["data"]["counts"]["done"] == batch["counts"]["total"]
+    (delivery,) = batch["webhook_deliveries"]
+    assert delivery["delivered"] and delivery["status_code"] == 200
+    assert delivery["webhook_id"] == message.headers["webhook-id"]
