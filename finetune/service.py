@@ -9,7 +9,7 @@ from urllib.parse import quote
 import numpy as np
 
 from finetune.errors import BrokerUnavailable, Conflict, InvalidSpec, NotFound
-from finetune.ml.spec import JobSpec
+from finetune.ml.spec import JobSpec, unknown_weighted_classes, warm_start_mismatches
 from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
 from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
@@ -77,7 +77,8 @@ class Service:
         self.datasets.delete(dataset_id)
 
     def create_job(self, spec: JobSpec) -> dict:
-        self.datasets.get(spec.dataset_id)
+        dataset = self.datasets.get(spec.dataset_id)
+        self._check_job_fits(spec, dataset)
         record = self.jobs.create(spec)
         try:
             self.enqueue(record["id"])
@@ -91,6 +92,19 @@ class Service:
             )
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
+
+    def _check_job_fits(self, spec: JobSpec, dataset: dict) -> None:
+        """422 for a class_weight naming classes the dataset lacks, or an init model whose weights cannot
+        start this spec; 404 for an init model that does not exist."""
+        unknown = unknown_weighted_classes(spec, dataset["classes"])
+        if unknown:
+            raise InvalidSpec(f"class_weight names classes dataset {spec.dataset_id!r} lacks: {', '.join(unknown)}")
+        if spec.init_model_id is not None:
+            mismatches = warm_start_mismatches(spec, self.models.resolve(spec.init_model_id))
+            if mismatches:
+                raise InvalidSpec(
+                    f"init_model_id {spec.init_model_id!r} does not fit the spec: {'; '.join(mismatches)}"
+                )
 
     def loaded_model(self, model_id: str | None) -> ServedModel | None:
         """The served model from memory when recently confirmed (see PredictorCache.fresh), else None."""

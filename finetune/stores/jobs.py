@@ -30,14 +30,24 @@ def new_job_record(spec: JobSpec) -> dict:
 
 
 def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:
-    """Fraction of all epochs of both phases done, counting the current epoch's batches."""
-    total = spec["warmup"]["epochs"] + (spec["finetune"]["epochs"] if spec.get("finetune") else 0)
+    """Fraction of all epochs of both phases done, counting the current epoch's batches. A phase that
+    early stopping ended (its last row `stopped_early`) counts the epochs it ran, not its spec's."""
+    total = sum(_phase_epochs(spec, history, name) for name in ("warmup", "finetune"))
     if total == 0:
         return 0.0
     partial = batch / batches if phase in ("warmup", "finetune") and batches else 0.0
     if partial >= 1.0:
         partial = 0.0
     return min(1.0, (len(history) + partial) / total)
+
+
+def _phase_epochs(spec: dict, history: list[dict], phase: str) -> int:
+    if not spec.get(phase):
+        return 0
+    rows = [row for row in history if row.get("phase") == phase]
+    if rows and rows[-1].get("stopped_early"):
+        return len(rows)
+    return spec[phase]["epochs"]
 
 
 def eta_seconds(started_at: str | None, progress: float, *, now: float | None = None) -> float | None:
