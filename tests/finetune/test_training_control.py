@@ -283,3 +283,34 @@ def test_a_warm_start_with_an_added_class_keeps_the_shared_rows_and_gets_there_s
     cold_epoch, warm_epoch = first_epoch_reaching(cold, target), first_epoch_reaching(warm, target)
     assert warm_epoch is not None
     assert cold_epoch is None or warm_epoch < cold_epoch, (target, phase_rows(cold), phase_rows(warm))
+
+
+def test_a_resumed_schedule_continues_at_its_epoch_and_rate():
+    """Cosine: the rate of the epoch the run resumes at; plateau: the checkpoint's rate and counters."""
+    cosine = TrainingSpec.model_validate(
+        {"warmup": {"epochs": 10, "learning_rate": 0.1, "schedule": {"kind": "cosine", "min_lr": 0.0}}}
+    ).warmup
+    model = tiny_model()
+    scheduler = PhaseControl(cosine).scheduler
+    scheduler.set_model(model)
+    scheduler.on_epoch_begin(6)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 6 / 9)))
+
+    plateau = TrainingSpec.model_validate(
+        {"warmup": {"learning_rate": 1.0, "schedule": {"kind": "plateau", "patience": 2, "factor": 0.5}}}
+    ).warmup
+    resumed = {"learning_rate": 0.25, "plateau": {"wait": 1, "best": 0.5, "cooldown_counter": 0}}
+    control = PhaseControl(plateau, resumed=resumed)
+    model = tiny_model()
+    control.resume_rate(model)
+    for callback in control.callbacks:
+        callback.set_model(model)
+        callback.on_train_begin()
+    control.scheduler.on_epoch_begin(5)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.25)
+    control.plateau.on_epoch_end(5, {"val_loss": 0.6})
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.125)
+    assert control.state(model) == {
+        "learning_rate": pytest.approx(0.125),
+        "plateau": {"wait": 0, "best": 0.5, "cooldown_counter": 0},
+    }
