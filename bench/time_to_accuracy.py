@@ -20,11 +20,13 @@ SECTION_START = "<!-- time-to-accuracy:start -->"
 SECTION_END = "<!-- time-to-accuracy:end -->"
 MAX_TIME_SHARE = 0.2  # the project's wall time over the seed's
 
-# The challenger's phases: the seed's optimizers and epochs as the most each phase may run, stopped
-# once the held-out loss has not improved for `patience` epochs, the best epoch kept; the finetune's
+# The challenger's phases: the seed's optimizers and epochs as the most each phase may run, each stopped
+# once the held-out figure has not improved for `patience` epochs, its best epoch kept; the finetune's
 # SGD with momentum 0.9 (the seed's has none) so it gets somewhere in the few epochs it is given.
+# The finetune watches accuracy: on animals-mini (45 held-out images, seed 42) a first run watching
+# val_loss stopped after 5 finetune epochs keeping the first (0.844) while epochs 3-4 reached 0.867.
 WARMUP_STOPPING = {"monitor": "val_loss", "patience": 3, "min_delta": 0.0, "restore_best": True}
-FINETUNE_STOPPING = {"monitor": "val_loss", "patience": 4, "min_delta": 0.0, "restore_best": True}
+FINETUNE_STOPPING = {"monitor": "val_accuracy", "patience": 4, "min_delta": 0.0, "restore_best": True}
 FINETUNE_MOMENTUM = 0.9
 
 
