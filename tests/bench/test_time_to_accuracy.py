@@ -46,3 +46,23 @@ def test_the_verdict_needs_the_seeds_accuracy_in_a_fifth_of_its_time():
     report = replace_section("# Benchmarks\n\nother\n", section)
     assert replace_section(report, render_section(slow)).count(SECTION_START) == 1
     assert "**FAIL**" in replace_section(report, render_section(slow)) and report.index(SECTION_END) > 0
+
+
+def test_the_flag_needs_data_takes_the_full_schedule_and_its_section_survives_the_default_bench(tmp_path):
+    import pytest
+
+    from bench.run import _keep_accuracy_section, parse_args
+
+    args = parse_args(["--time-to-accuracy", "--data", str(tmp_path)])
+    assert (args.warmup_epochs, args.finetune_epochs) == (25, 100)
+    with pytest.raises(SystemExit):
+        parse_args(["--time-to-accuracy"])
+    challenger = early_stopping_spec(TrainingSpec(backbone="mobilenet", alpha=0.25))
+    row = assemble(
+        {"seed": run(0.9, 1000.0, 25, 100), "project": run(0.95, 100.0, 7, 9)}, challenger, "d", "c", total_s=1
+    )
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(replace_section("# Benchmarks\n\n## Training (old run)\n", render_section(row)))
+    rewritten = _keep_accuracy_section("# Benchmarks\n\n## Training (new run)\n", path)
+    assert "new run" in rewritten and "old run" not in rewritten
+    assert "| the project, early stopping | 0.950 | 1.7 | 7 + 9 |" in rewritten
