@@ -1,6 +1,9 @@
 # One image for the API (default command) and the worker (`celery -A worker.celery_app worker ...`).
 #   docker build -t finetune .                                   # CUDA TensorFlow, VGG16 weights
 #   docker build --build-arg VARIANT=cpu --build-arg BACKBONES="vgg16 mobilenet:0.25" -t finetune:cpu .
+#   make image [VARIANT=gpu] [BACKBONES=...] [WEIGHTS_DIR=folder]  # the same with podman/buildah or docker
+# Every Python package comes from the hash-locked requirements/<VARIANT>.txt (`make lock` writes it).
+# Weight files placed in weights/ (build context) are used as they are: no download for those backbones.
 
 FROM python:3.11-slim AS builder
 
@@ -17,23 +20,24 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first (cached until pyproject.toml changes). TensorFlow is swapped for the
-# variant's wheel; the project itself is then installed with --no-deps so that
-# `tensorflow-cpu` is not joined by the full `tensorflow` the pyproject names.
-COPY pyproject.toml ./
+# Dependencies first (cached until the lock changes): the variant's lock names the same packages as
+# requirements/dev.txt's run-time part, with TensorFlow as the variant's wheel (tensorflow-cpu, or
+# tensorflow with its CUDA wheels), each with its hashes; pip, setuptools and wheel come from it too.
+COPY requirements/cpu.txt requirements/gpu.txt requirements/
 RUN case "$VARIANT" in \
-        gpu) tf="tensorflow[and-cuda]==2.21.0" ;; \
-        cpu) tf="tensorflow-cpu==2.21.0" ;; \
+        cpu|gpu) ;; \
         *) echo "VARIANT must be gpu or cpu, got '$VARIANT'" >&2; exit 1 ;; \
     esac \
- && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.split(r'[^A-Za-z0-9_.-]', d)[0].lower() != 'tensorflow'))" > /tmp/requirements.txt \
- && pip install "$tf" -r /tmp/requirements.txt
+ && pip install --require-hashes -r "requirements/$VARIANT.txt"
 
+# ImageNet weights: files given in weights/ first (Keras finds them and downloads nothing), then the
+# backbones in BACKBONES that are still missing are fetched (BACKBONES=none: nothing).
+COPY weights/ $KERAS_HOME/models/
 COPY scripts/fetch_weights.py scripts/
-RUN mkdir -p "$KERAS_HOME/models" && python scripts/fetch_weights.py $BACKBONES
+RUN python scripts/fetch_weights.py $BACKBONES
 
 COPY . .
-RUN pip install --no-deps .
+RUN pip install --no-deps --no-build-isolation .
 
 
 FROM python:3.11-slim

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from finetune.ml.spec import JobSpec
+from finetune.schemas import (  # noqa: F401 (the routers import them from here, with the rest of the contract)
+    ImagePredictions,
+    ListPublic,
+    ModelSummary,
+    Prediction,
+    PredictResponse,
+)
 from finetune.stores.records import AliasRecord, DatasetRecord, ExportFormat, ExportRecord, JobRecord, ModelManifest
-
-T = TypeVar("T")
-
-
-class ListPublic(BaseModel, Generic[T]):
-    data: list[T]
-    count: int
 
 
 class DatasetPublic(DatasetRecord):
@@ -33,6 +31,31 @@ class DatasetPublic(DatasetRecord):
             ]
         }
     )
+
+    children: list[str] = Field(default_factory=list, description="the versions made from this dataset, oldest first")
+
+
+class DatasetMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(max_length=4096, description="a file of the dataset, as `GET /datasets/{id}/files/` takes it")
+    to: str = Field(max_length=255, description="the class folder it goes to (of the same split)")
+
+
+class DatasetVersionEdits(BaseModel):
+    """A version made by relabelling and removing files of its parent (JSON; an archive adds images instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    move: list[DatasetMove] = Field(default_factory=list, max_length=100_000)
+    remove: list[str] = Field(default_factory=list, max_length=100_000)
+    name: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> DatasetVersionEdits:
+        if not self.move and not self.remove:
+            raise ValueError("a version needs at least one file to move or remove")
+        return self
 
 
 class DatasetSamples(BaseModel):
@@ -69,19 +92,6 @@ class JobCreate(JobSpec):
 
 class JobPublic(JobRecord):
     """A job: its spec, where it stands, and its outcome."""
-
-
-class ModelSummary(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    created_at: str
-    job_id: str | None
-    dataset_id: str | None
-    classes: list[str]
-    image_size: int
-    backbone: str
-    accuracy: float | None = None
 
 
 class AliasPublic(AliasRecord):
@@ -133,44 +143,6 @@ class EvaluationSample(BaseModel):
 
 class ModelPublic(ModelManifest):
     """The model's manifest."""
-
-
-class Prediction(BaseModel):
-    label: str
-    probability: float
-
-
-class ImagePredictions(BaseModel):
-    filename: str
-    label: str | None = Field(description="the top-1 class, or null when the model abstains (below its threshold)")
-    abstained: bool
-    predictions: list[Prediction] = Field(description="the top-k classes, most probable first")
-
-
-class PredictResponse(BaseModel):
-    model_id: str
-    results: list[ImagePredictions]
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model_id": "8c1d2e3f4a5b6c7d",
-                    "results": [
-                        {
-                            "filename": "cat.jpg",
-                            "label": "cats",
-                            "abstained": False,
-                            "predictions": [
-                                {"label": "cats", "probability": 0.97},
-                                {"label": "dogs", "probability": 0.03},
-                            ],
-                        }
-                    ],
-                }
-            ]
-        }
-    )
 
 
 class BackbonePublic(BaseModel):

@@ -1,4 +1,4 @@
-"""The `finetune` command: train, predict, layers, serve, export."""
+"""The `finetune` command: train, predict, layers, serve, export; `remote ...` drives a running service."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def command_train(args) -> int:
     from finetune.settings import get_settings
     from finetune.stores.models import ModelStore
 
-    spec_data = json.loads(Path(args.spec).read_text()) if args.spec else {}
+    spec_data = args.spec or {}
     try:
         spec = TrainingSpec.model_validate(apply_assignments(spec_data, args.set or []))
     except ValidationError as error:
@@ -207,6 +207,179 @@ def _export_dataset(given: str | None, manifest: dict, data_dir: str) -> tuple[P
     return candidate, None
 
 
+def read_spec_file(path: str) -> dict:
+    """``--spec``: a readable file holding one JSON object, else argparse's usage error (exit 2)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from error
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{path} is not JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+# --- finetune remote: the Python client (finetune/client.py) from the shell ---------------------------
+
+
+def print_json(value) -> None:
+    """A record, a list of records or plain JSON, printed as JSON."""
+    from pydantic import BaseModel
+
+    def plain(item):
+        return item.model_dump(mode="json", by_alias=True) if isinstance(item, BaseModel) else item
+
+    print(json.dumps([plain(item) for item in value] if isinstance(value, list) else plain(value), indent=2))
+
+
+def upload_bar(description: str):
+    """A tqdm bar over bytes on stderr (silent when stderr is not a terminal), as an upload's progress callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="B", unit_scale=True, file=sys.stderr, disable=None)
+
+    def progress(sent: int, total: int) -> None:
+        bar.total = total
+        bar.update(sent - bar.n)
+        if sent >= total:
+            bar.close()
+
+    return progress
+
+
+def remote_upload(api, args):
+    return api.upload_dataset(args.path, name=args.name, progress=upload_bar(f"uploading {Path(args.path).name}"))
+
+
+def remote_create_job(api, args):
+    return api.create_job(args.dataset_id, apply_assignments(args.spec or {}, args.set or []))
+
+
+def remote_watch(api, args):
+    for job in api.watch(args.job_id, timeout=args.timeout):
+        print(job.model_dump_json(), flush=True)  # one JSON line per state: `| jq` or a log follows it
+    return None
+
+
+def remote_wait(api, args):
+    from finetune.client import JobFailed
+
+    try:
+        return api.wait(args.job_id, timeout=args.timeout)
+    except JobFailed as failed:
+        print_json(failed.job)
+        raise
+
+
+def remote_predict(api, args):
+    return api.predict(args.images, model=args.model, top_k=args.top_k, threshold=args.threshold)
+
+
+REMOTE_COMMANDS = {
+    ("datasets", "upload"): remote_upload,
+    ("datasets", "list"): lambda api, args: api.datasets(),
+    ("datasets", "get"): lambda api, args: api.dataset(args.dataset_id),
+    ("jobs", "create"): remote_create_job,
+    ("jobs", "list"): lambda api, args: api.jobs(status=args.status),
+    ("jobs", "get"): lambda api, args: api.job(args.job_id),
+    ("jobs", "cancel"): lambda api, args: api.cancel_job(args.job_id),
+    ("jobs", "watch"): remote_watch,
+    ("jobs", "wait"): remote_wait,
+    ("predict", None): remote_predict,
+    ("models", "list"): lambda api, args: api.models(),
+    ("models", "get"): lambda api, args: api.model(args.model_id),
+    ("aliases", "list"): lambda api, args: api.aliases(),
+    ("aliases", "get"): lambda api, args: api.alias(args.name),
+    ("aliases", "set"): lambda api, args: api.set_alias(args.name, args.model_id),
+    ("aliases", "delete"): lambda api, args: api.delete_alias(args.name),
+}
+
+
+def command_remote(args) -> int:
+    """Exit codes: 0 done, 1 the API refused (its status and detail on stderr), the job did not succeed,
+    the service could not be reached or a local file is missing; 2 a usage error."""
+    import httpx
+
+    from finetune.client import ApiError, Client, JobFailed
+
+    if not args.url:
+        print("error: give --url or set FINETUNE_URL", file=sys.stderr)
+        return 2
+    run = REMOTE_COMMANDS[(args.resource, getattr(args, "action", None))]
+    try:
+        with Client(args.url, api_key=args.api_key) as api:
+            result = run(api, args)
+    except ApiError as error:
+        detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+        print(f"error: HTTP {error.status_code}: {detail}", file=sys.stderr)
+        return 1
+    except (JobFailed, TimeoutError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as error:
+        print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print_json(result)
+    return 0
+
+
+def add_remote_commands(commands) -> None:
+    import os
+
+    remote = commands.add_parser("remote", help="drive a running service over its REST API")
+    remote.add_argument("--url", default=os.environ.get("FINETUNE_URL"), help="the API (default: $FINETUNE_URL)")
+    remote.add_argument("--api-key", default=os.environ.get("FINETUNE_API_KEY"), help="default: $FINETUNE_API_KEY")
+    remote.set_defaults(run=command_remote)
+    resources = remote.add_subparsers(dest="resource", required=True)
+
+    def actions(name: str, help: str):
+        return resources.add_parser(name, help=help).add_subparsers(dest="action", required=True)
+
+    datasets = actions("datasets", "upload, list, get")
+    upload = datasets.add_parser("upload", help="upload an archive, or a folder of <class>/<image> (zipped here)")
+    upload.add_argument("path")
+    upload.add_argument("--name")
+    datasets.add_parser("list")
+    datasets.add_parser("get").add_argument("dataset_id")
+
+    jobs = actions("jobs", "create, list, get, cancel, watch, wait")
+    create = jobs.add_parser("create", help="start a job on a dataset; prints it")
+    create.add_argument("dataset_id")
+    create.add_argument("--spec", type=read_spec_file, help="a JSON job spec file")
+    create.add_argument("--set", action="append", type=parse_assignment, metavar="KEY=VALUE", help="as for train")
+    jobs.add_parser("list").add_argument("--status")
+    for action, help in (
+        ("get", "the job now"),
+        ("cancel", "cancel it"),
+        ("watch", "one JSON line per change, until it ends"),
+        ("wait", "the final job; exit 1 unless it succeeded"),
+    ):
+        parser = jobs.add_parser(action, help=help)
+        parser.add_argument("job_id")
+        if action in ("watch", "wait"):
+            parser.add_argument("--timeout", type=float, default=None, help="seconds (default: none)")
+
+    predict = resources.add_parser("predict", help="top-k labels of images; prints JSON")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--model", help="a model id or alias (default: the alias `default`, else the newest)")
+    predict.add_argument("--top-k", type=int, default=None)
+    predict.add_argument("--threshold", type=float, default=None)
+
+    models = actions("models", "list, get")
+    models.add_parser("list")
+    models.add_parser("get").add_argument("model_id")
+
+    aliases = actions("aliases", "list, get, set, delete")
+    aliases.add_parser("list")
+    aliases.add_parser("get").add_argument("name")
+    alias_set = aliases.add_parser("set", help="point an alias at a model")
+    alias_set.add_argument("name")
+    alias_set.add_argument("model_id")
+    aliases.add_parser("delete").add_argument("name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from finetune.ml.export import FORMATS
 
@@ -215,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser("train", help="train a model on a class-per-folder dataset")
     train_parser.add_argument("dataset", help="folder of <class>/<image> files")
-    train_parser.add_argument("--spec", help="a JSON job spec (defaults: the seed's recipe)")
+    train_parser.add_argument("--spec", type=read_spec_file, help="a JSON job spec file (defaults: the seed's recipe)")
     train_parser.add_argument(
         "--set",
         action="append",
@@ -253,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_parser = commands.add_parser("serve", help="start Redis (embedded), a worker and the API, like `make run`")
     serve_parser.set_defaults(run=command_serve)
+    add_remote_commands(commands)
     return parser
 
 

@@ -78,6 +78,7 @@ class Service:
 
     def create_job(self, spec: JobSpec) -> dict:
         dataset = self.datasets.get(spec.dataset_id)
+        _check_splits_fit(spec, dataset)
         self._check_job_fits(spec, dataset)
         record = self.jobs.create(spec)
         try:
@@ -163,7 +164,10 @@ class Service:
         else:
             per_class = measure_thresholds(labels, probabilities, classes, values or {})
         thresholds = {"target_precision": target_precision, "per_class": per_class}
-        self.models.update_manifest(model_id, {"thresholds": thresholds})
+        changes: dict = {"thresholds": thresholds}
+        if manifest.get("figure_splits"):  # measured on the held-out rows: the split of `metrics`
+            changes["figure_splits"] = {**manifest["figure_splits"], "thresholds": manifest["metrics_split"]}
+        self.models.update_manifest(model_id, changes)
         return thresholds
 
     def evaluation_samples(
@@ -213,3 +217,12 @@ class Service:
             )
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
+
+
+def _check_splits_fit(spec: JobSpec, dataset: dict) -> None:
+    """422 for a `test_split` on a dataset of given splits (its own test folder, or none, is the answer)."""
+    if spec.test_split is not None and dataset.get("splits"):
+        raise InvalidSpec(
+            f"test_split: dataset {spec.dataset_id!r} has its own splits ({', '.join(dataset['splits'])}); "
+            "test_split splits a flat dataset"
+        )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finetune.ml.devices import usable_cores
@@ -19,13 +19,23 @@ class CacheLayout:
 
     root: Path
 
+    @property
+    def decoded_root(self) -> Path:
+        return self.root / "decoded"
+
     def decoded(self, job_id: str) -> Path:
-        """A job's decoded images (a memory-mapped array), removed when the job ends."""
-        return self.root / "decoded" / job_id
+        """A job's decoded images (a memory-mapped array), removed when the job ends (or by the reaper
+        once the job is final, when its process died first)."""
+        return self.decoded_root / job_id
+
+    @property
+    def checkpoints_root(self) -> Path:
+        return self.root / "checkpoints"
 
     def checkpoints(self, job_id: str) -> Path:
-        """A job's per-epoch checkpoints when the model store is remote (else they sit beside the models)."""
-        return self.root / "checkpoints" / job_id
+        """Where a job's process writes its per-epoch checkpoints when the checkpoint store is remote;
+        each one is then copied to the store in the background (else they are written in the store)."""
+        return self.checkpoints_root / job_id
 
     @property
     def uploads(self) -> Path:
@@ -50,6 +60,11 @@ class Settings(BaseSettings):
     model_dir: str = Field(default="./models", description="model store: a path or s3://bucket/prefix")
     data_dir: str = Field(default="./data", description="datasets: a path or s3://bucket/prefix")
     cache_dir: str = Field(default="./.cache/finetune", description="local cache for remote datasets")
+    checkpoint_dir: str | None = Field(
+        default=None,
+        description="where per-epoch checkpoints live, readable by every worker: a path or s3://bucket/prefix "
+        "(default: MODEL_DIR/.checkpoints)",
+    )
     port: int = 8000
 
     max_upload_mb: float = Field(default=1024.0, description="largest request body accepted")
@@ -65,6 +80,11 @@ class Settings(BaseSettings):
     heartbeat_s: float = 10.0
     gpu_lock_dir: str | None = Field(
         default=None, description="shared folder where each worker on a multi-GPU host claims one GPU"
+    )
+    leftover_grace_s: float = Field(
+        default=3600.0,
+        description="the reaper removes checkpoints and decoded-image caches of jobs that are final (or whose "
+        "record is gone) once untouched this long",
     )
     stale_temp_after_s: float = Field(
         default=3600.0, description="at start-up the API removes upload spools and staging folders untouched this long"
@@ -100,6 +120,19 @@ class Settings(BaseSettings):
     @property
     def cache(self) -> CacheLayout:
         return CacheLayout(Path(self.cache_dir).resolve())
+
+    @model_validator(mode="after")
+    def _checkpoints_in_a_folder_of_their_own(self) -> Settings:
+        """The reaper deletes what it finds in CHECKPOINT_DIR for jobs that are over: never a store's folder."""
+        if self.checkpoint_dir is not None:
+            normalized = self.checkpoint_dir.rstrip("/")
+            if normalized in (self.model_dir.rstrip("/"), self.data_dir.rstrip("/")):
+                raise ValueError("CHECKPOINT_DIR must be a folder of its own, not MODEL_DIR or DATA_DIR")
+        return self
+
+    @property
+    def checkpoint_url(self) -> str:
+        return self.checkpoint_dir or f"{self.model_dir.rstrip('/')}/.checkpoints"
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import sys
 import zipfile
 from pathlib import Path
 
@@ -10,6 +12,15 @@ import numpy as np
 from PIL import Image, ImageColor
 
 Color = str | tuple[int, int, int]
+
+
+def load_script(path: Path):
+    """A script outside the packages (scripts/*.py) imported as a module named after its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_image(color: Color, size: int = 40, *, noise: float = 12.0, seed: int = 0) -> Image.Image:

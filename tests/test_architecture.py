@@ -23,8 +23,10 @@ RANKS = {
     "finetune.stores": 5,
     "finetune.execution": 6,
     "finetune.serving": 6,
+    "finetune.schemas": 6,  # the API's response shapes beyond the records, shared by app/ and the client
     "finetune.service": 7,
     "finetune.launcher": 8,
+    "finetune.client": 8,  # the Python client of the REST API: records and schemas, never app/
     "finetune.cli": 9,
     "app": 10,
     "worker": 10,

@@ -7,7 +7,6 @@ No Docker engine is needed; the Compose files are read with PyYAML (with Compose
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 import shlex
@@ -19,20 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 FETCH_WEIGHTS = ROOT / "scripts" / "fetch_weights.py"
 
 
-def _load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fetch_weights = _load_script(FETCH_WEIGHTS)
+fetch_weights = load_script(FETCH_WEIGHTS)
 
 
 class Tagged:
@@ -199,6 +192,7 @@ def test_redis_persists_with_append_only_file(compose, services):
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
     assert re.search(r"--appendonly\s+yes", command_text(redis))
+    assert re.search(r"--appendfsync\s+everysec", command_text(redis))  # a SIGKILL loses at most a second
     source = mounts(redis)["/data"]
     assert source in compose["volumes"]
     assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
@@ -256,10 +250,13 @@ def test_dockerfile_healthcheck_needs_no_curl(dockerfile):
 
 
 def test_dockerfile_variant_picks_the_tensorflow_wheel(dockerfile):
+    """The variant's hash lock carries its TensorFlow wheel at pyproject's pin (tests/test_lock.py checks the rest)."""
     pin = re.search(r'"tensorflow==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert re.search(r"(?m)^ARG VARIANT=gpu\b", dockerfile)
-    assert f"tensorflow[and-cuda]=={pin}" in dockerfile
-    assert f"tensorflow-cpu=={pin}" in dockerfile
+    assert re.search(r'(?m)^RUN .*pip install --require-hashes -r "?requirements/\$VARIANT\.txt"?$', dockerfile)
+    cpu, gpu = ((ROOT / "requirements" / f"{variant}.txt").read_text() for variant in ("cpu", "gpu"))
+    assert re.search(rf"(?m)^tensorflow-cpu=={re.escape(pin)} ", cpu) and not re.search(r"(?m)^tensorflow==", cpu)
+    assert re.search(rf"(?m)^tensorflow=={re.escape(pin)} ", gpu) and re.search(r"(?m)^nvidia-cudnn-cu12==", gpu)
 
 
 def test_dockerfile_fetches_backbone_weights_at_build_time(dockerfile):

@@ -5,12 +5,16 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from app.deps import ServiceDep, SettingsDep
-from app.schemas import DatasetPublic, DatasetSamples, ListPublic
-from finetune.errors import TooLarge
+from app.schemas import DatasetPublic, DatasetSamples, DatasetVersionEdits, ListPublic
+from finetune.errors import NotAnImage, TooLarge
+from finetune.stores.versions import Move, VersionEdits
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 CHUNK = 1024 * 1024
@@ -59,12 +63,88 @@ async def create_dataset(
 @router.get("", response_model=ListPublic[DatasetPublic])
 async def list_datasets(service: ServiceDep):
     data = await run_in_threadpool(service.datasets.list)
+    children: dict[str, list[str]] = {}
+    for record in reversed(data):  # oldest first
+        if record.get("parent_id"):
+            children.setdefault(record["parent_id"], []).append(record["id"])
+    data = [{**record, "children": children.get(record["id"], [])} for record in data]
     return {"data": data, "count": len(data)}
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 async def get_dataset(dataset_id: str, service: ServiceDep):
-    return await run_in_threadpool(service.datasets.get, dataset_id)
+    record = await run_in_threadpool(service.datasets.get, dataset_id)
+    return {**record, "children": await run_in_threadpool(service.datasets.children, dataset_id)}
+
+
+def _inlined(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` references replaced by the definitions (for openapi_extra,
+    where `#/$defs/...` would point into the OpenAPI document's root)."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+_VERSION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inlined(DatasetVersionEdits.model_json_schema())},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "images to add (an archive)"},
+                        "name": {"type": "string", "maxLength": 200},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/{dataset_id}/versions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    summary="A new version: images added from an archive (multipart), or files moved/removed (JSON)",
+    openapi_extra=_VERSION_BODY,
+)
+async def create_dataset_version(dataset_id: str, request: Request, service: ServiceDep, settings: SettingsDep):
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload, name = form.get("file"), form.get("name")
+        if not isinstance(upload, StarletteUpload) or not (name is None or isinstance(name, str) and len(name) <= 200):
+            raise RequestValidationError([{"type": "missing", "loc": ("body", "file"), "msg": "an archive `file`"}])
+        archive = await run_in_threadpool(
+            _spool_to_disk, upload, settings.cache.uploads, int(settings.max_upload_mb * 1024 * 1024)
+        )
+        try:
+            return await run_in_threadpool(
+                service.datasets.create_version, dataset_id, archive_path=archive, name=name or None
+            )
+        finally:
+            archive.unlink(missing_ok=True)
+    if not content_type.startswith("application/json"):
+        raise NotAnImage("send JSON {move, remove} or a multipart archive `file`")
+    try:
+        body = DatasetVersionEdits.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False, include_context=False)) from None
+    edits = VersionEdits(moves=[Move(item.path, item.to) for item in body.move], removals=list(body.remove))
+    return await run_in_threadpool(service.datasets.create_version, dataset_id, edits=edits, name=body.name)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

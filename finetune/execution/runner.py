@@ -19,15 +19,16 @@ from pathlib import Path
 
 from finetune.errors import InvalidSpec, JobCancelled, JobTimedOut
 from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_id
+from finetune.execution.reaper import checkpoint_store, succeed_from_model
 from finetune.ids import now_iso
 from finetune.ml.spec import JobSpec
 from finetune.settings import Settings, get_settings
 from finetune.states import FINAL_STATUSES, JobStatus, Phase
 from finetune.stores.aliases import AliasStore, publish
 from finetune.stores.archive import ArchiveLimits
+from finetune.stores.checkpoints import CheckpointUploader
 from finetune.stores.datasets import DatasetStore
 from finetune.stores.jobs import JobStore, eta_seconds, overall_progress
-from finetune.stores.location import is_remote
 from finetune.stores.models import ModelStore
 from finetune.stores.records import Publication
 
@@ -36,10 +37,9 @@ BATCH_REPORT_INTERVAL_S = 0.5
 
 
 def checkpoint_dir(settings: Settings, job_id: str) -> Path:
-    """Next to the job's model store when it is a shared local folder, else in the local cache."""
-    if not is_remote(settings.model_dir):
-        return Path(settings.model_dir).resolve() / ".checkpoints" / job_id
-    return settings.cache.checkpoints(job_id)
+    """Where the job's process writes its checkpoints: in the checkpoint store when it is a local folder,
+    else in this host's cache (and from there, in the background, to the store)."""
+    return checkpoint_store(settings).working_dir(job_id)
 
 
 def dataset_store(settings: Settings) -> DatasetStore:
@@ -67,7 +67,8 @@ class ProgressReporter:
         self.last_batch_report = time.monotonic()
         if event.history is not None:
             self.history = event.history
-        progress = overall_progress(self.spec, self.history, event.phase, event.batch, event.batches)
+        batches_after_history = 0 if at_epoch_end else event.batch
+        progress = overall_progress(self.spec, self.history, event.phase, batches_after_history, event.batches)
         patch = {"phase": event.phase, "progress": progress, "eta_seconds": eta_seconds(self.started_at, progress)}
         if event.phase in ("warmup", "finetune"):
             patch |= {"epoch": event.epoch, "epochs": event.epochs, "batch": event.batch, "batches": event.batches}
@@ -113,12 +114,19 @@ def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> st
     record = _claim(jobs, job_id, worker)
     heartbeat = Heartbeat(jobs, job_id, worker, settings.heartbeat_s)
     heartbeat.start()
+    checkpoints = checkpoint_store(settings)
+    restored = checkpoints.restore(job_id)
+    if restored is not None:
+        log.info("job %s: resuming from the shared checkpoint after %d epochs", job_id, restored)
+    uploader = checkpoints.uploader(job_id)
     try:
-        status = _train_and_save(jobs, record, settings)
+        status = _train_and_save(jobs, record, settings, uploader=uploader)
     finally:
         heartbeat.stopped.set()
+        if uploader is not None:
+            uploader.stop()
         shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
-    shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
+    checkpoints.remove(job_id)
     return status
 
 
@@ -126,21 +134,26 @@ def _refusal(jobs: JobStore, job_id: str, settings: Settings) -> str | None:
     """The status to answer without training: the job is final, owned by a live worker, cancelled while
     its worker was dead, or out of attempts. None when this process should run it."""
     record = jobs.get(job_id)
-    checkpoints = checkpoint_dir(settings, job_id)
+    checkpoints = checkpoint_store(settings)
     if record["status"] in FINAL_STATUSES:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # e.g. cancelled while queued after its worker died
+        checkpoints.remove(job_id)  # e.g. cancelled while queued after its worker died
         return record["status"]
     beat = jobs.last_heartbeat(job_id)
     if record["status"] == JobStatus.RUNNING and beat and time.time() - beat < settings.job_stale_after_s:
         return OWNED
     if jobs.cancel_requested(job_id):
         _finish(jobs, job_id, JobStatus.CANCELLED)
-        shutil.rmtree(checkpoints, ignore_errors=True)  # cancelled while its worker was dead: resumed no more
+        checkpoints.remove(job_id)  # cancelled while its worker was dead: resumed no more
         return JobStatus.CANCELLED
+    if record["attempts"] > 0:  # it ran before: its model may be saved, the record's last writes lost
+        manifest = ModelStore(settings.model_dir, cache_dir=settings.cache_dir).by_job().get(job_id)
+        if manifest is not None and succeed_from_model(jobs, job_id, manifest) is not None:
+            checkpoints.remove(job_id)
+            return JobStatus.SUCCEEDED
     if record["attempts"] + 1 > settings.job_max_attempts:
         message = f"the job's worker stopped {record['attempts']} times before it finished; giving up"
         _finish(jobs, job_id, JobStatus.FAILED, error={"type": "WorkerLost", "message": message})
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.remove(job_id)
         shutil.rmtree(settings.cache.decoded(job_id), ignore_errors=True)
         return JobStatus.FAILED
     return None
@@ -161,7 +174,9 @@ def _claim(jobs: JobStore, job_id: str, worker: str) -> dict:
     return record
 
 
-def _train_and_save(jobs: JobStore, record: dict, settings: Settings) -> str:
+def _train_and_save(
+    jobs: JobStore, record: dict, settings: Settings, *, uploader: CheckpointUploader | None = None
+) -> str:
     """Train, save the model, and record the outcome: succeeded, cancelled, or failed with the error."""
     from finetune.ml.training import ProgressEvent, train
 
@@ -182,6 +197,8 @@ def _train_and_save(jobs: JobStore, record: dict, settings: Settings) -> str:
             max_pixels=settings.max_image_pixels,
             warm_start=warm_start,
         )
+        if uploader is not None:
+            uploader.stop()  # no more checkpoints: the model is about to be saved
         if should_cancel():
             raise JobCancelled("cancelled before saving")
         reporter(ProgressEvent(Phase.SAVING))
@@ -199,7 +216,7 @@ def _train_and_save(jobs: JobStore, record: dict, settings: Settings) -> str:
         return JobStatus.FAILED
     except Exception as error:
         _finish(jobs, job_id, JobStatus.FAILED, error={"type": type(error).__name__, "message": str(error)})
-        shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
+        checkpoint_store(settings).remove(job_id)
         raise
     last_epoch = result.history[-1] if result.history else None
     publication = _publish(spec, manifest, settings)

@@ -8,13 +8,17 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from finetune.states import Phase
 
-STATE_FILE = "state.json"
+if TYPE_CHECKING:  # keras is imported where a model is saved or loaded: the reaper reads STATE_FILE without it
+    import keras
+
+STATE_FILE = "state.json"  # names the model file it goes with (`model_file`); written last
+MODEL_FILE_KEY = "model_file"
 HEAD, MODEL = "head", "model"  # what a checkpoint's trainee is: the head alone (cached features) or the classifier
 
 
@@ -69,7 +73,7 @@ class Checkpointer:
             os.replace(self.directory / f".{best_name}.tmp", self.directory / best_name)
             state.stopping = {**(state.stopping or {}), "best_file": best_name}
         state_tmp = self.directory / f".{STATE_FILE}.tmp"
-        state_tmp.write_text(json.dumps({**dataclasses.asdict(state), "model_file": model_name}))
+        state_tmp.write_text(json.dumps({**dataclasses.asdict(state), MODEL_FILE_KEY: model_name}))
         os.replace(state_tmp, self.directory / STATE_FILE)
         kept = {model_name, (state.stopping or {}).get("best_file")}
         for stale in [*self.directory.glob("trainee-*.keras"), *self.directory.glob("best-*.npz")]:
@@ -80,8 +84,10 @@ class Checkpointer:
         state_path = self.directory / STATE_FILE
         if not state_path.exists():
             return None
+        import keras
+
         data = json.loads(state_path.read_text())
-        trainee = keras.models.load_model(self.directory / data["model_file"])
+        trainee = keras.models.load_model(self.directory / data[MODEL_FILE_KEY])
         state = TrainingState.from_json(data)
         best_file = (state.stopping or {}).get("best_file")
         best_weights = None

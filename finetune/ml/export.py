@@ -403,23 +403,29 @@ def flag(fmt: str, parity: dict) -> str | None:
 
 
 def load_held_out(dataset_dir: Path, manifest: dict, *, max_pixels: int = 50_000_000) -> tuple[HeldOut, np.ndarray]:
-    """The held-out split the model was evaluated on (the same scan, decoding and stratified split as
-    training, from the manifest's spec) and the training pixels, for int8 calibration."""
+    """The held-out split the model was evaluated on (the same scan, decoding and split as training,
+    from the manifest's spec: its test split when it has one, else validation) and the training
+    pixels, for int8 calibration."""
     from finetune.ml.pipeline import decode_dataset
-    from finetune.ml.scan import scan_dataset, stratified_split
+    from finetune.ml.scan import scan_dataset, split_dataset
 
     spec = manifest["spec"]
     scan = scan_dataset(dataset_dir, probe=False, max_pixels=max_pixels)
     decoded = decode_dataset(scan, size=manifest["image_size"], max_pixels=max_pixels)
     if decoded.scan.classes != manifest["classes"]:
         raise ValueError(f"the dataset's classes {decoded.scan.classes} are not the model's {manifest['classes']}")
-    train_idx, val_idx = stratified_split(
-        decoded.labels, validation_split=spec.get("validation_split", 0.25), seed=spec.get("seed", 42)
+    splits = split_dataset(
+        decoded.scan,
+        decoded.labels,
+        validation_split=spec.get("validation_split", 0.25),
+        test_split=spec.get("test_split"),
+        seed=spec.get("seed", 42),
     )
-    encoded = [(Path(decoded.scan.root) / decoded.scan.files[i]).read_bytes() for i in val_idx]
-    held_out = HeldOut(pixels=decoded.pixels[val_idx], encoded=encoded, labels=decoded.labels[val_idx])
+    held_idx = splits.test if len(splits.test) else splits.validation
+    encoded = [(Path(decoded.scan.root) / decoded.scan.files[i]).read_bytes() for i in held_idx]
+    held_out = HeldOut(pixels=decoded.pixels[held_idx], encoded=encoded, labels=decoded.labels[held_idx])
     rng = np.random.default_rng(spec.get("seed", 42))
-    chosen = np.sort(rng.permutation(train_idx)[:CALIBRATION_IMAGES])
+    chosen = np.sort(rng.permutation(splits.train)[:CALIBRATION_IMAGES])
     return held_out, np.asarray(decoded.pixels[chosen])
 
 

@@ -145,7 +145,16 @@ class TrainingSpec(StrictModel):
     alpha: float | None = Field(None, gt=0.0, le=2.0, description="width multiplier: mobilenet, mobilenet_v2")
     image_size: int = Field(224, le=1024)
     batch_size: int = Field(32, ge=1, le=1024)
-    validation_split: float = Field(0.25, gt=0.0, lt=1.0)
+    validation_split: float = Field(
+        0.25, gt=0.0, lt=1.0, description="a flat dataset's held-out fraction (given splits are taken as they are)"
+    )
+    test_split: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="a flat dataset's test fraction: a stratified train/validation/test split whose test images "
+        "give the final metrics. null: no test split (the seed's). Not for a dataset with given splits.",
+    )
     input_scaling: InputScaling | None = Field(None, description=INPUT_SCALING_DESCRIPTION)
     seed: int = 42
     head: HeadSpec = HeadSpec()
@@ -207,6 +216,14 @@ class TrainingSpec(StrictModel):
             if bad:
                 raise ValueError(f"class_weight: weights must be > 0, not {bad}")
         return weights
+
+    @model_validator(mode="after")
+    def _splits_leave_training_images(self) -> TrainingSpec:
+        if self.test_split is not None and self.validation_split + self.test_split >= 1.0:
+            raise ValueError(
+                f"validation_split + test_split must be below 1 (got {self.validation_split} + {self.test_split})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _backbone_recipe_defaults(self) -> TrainingSpec:

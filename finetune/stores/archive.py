@@ -21,7 +21,11 @@ What `unpack_archive` guarantees and decides:
 - Nested archives are SKIPPED, neither unpacked nor refused: an entry named
   .zip/.tar/.gz/.tgz/.bz2/.xz/.7z/.rar/... or whose first bytes are an
   archive's magic is left out, so one stray archive does not fail the upload.
-- Layout is `<class>/<image>`. A single top folder is stripped as a wrapper
+- Layout is `<class>/<image>`, or given splits (the Hugging Face imagefolder convention):
+  `train/<class>/<image>`, `validation/` (or `val/`, `valid/`) and optionally `test/`, unpacked
+  as `train/`, `validation/`, `test/` (see `SPLIT_FOLDERS`). An archive is split when every top
+  folder (after a wrapper is stripped) is a split's name and an image lies three levels down; it
+  then needs `train/` and one validation folder. A single top folder is stripped as a wrapper
   (`dataset/cats/1.jpg`) when something lies two levels below it and no
   image sits directly in it. After that, an image (by extension) at the top
   level or deeper than `<class>/<image>` refuses the upload, naming it.
@@ -77,6 +81,14 @@ NESTED_ARCHIVE_SUFFIXES = (
     ".rar",
 )
 IGNORED_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+# A given split's folder names (lowercase) -> the name it is stored under.
+SPLIT_FOLDERS = {
+    "train": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "test": "test",
+}
 
 _NESTED_ARCHIVE_MAGIC = (
     b"PK\x03\x04",
@@ -125,8 +137,12 @@ class ArchiveLimits:
         )
 
 
-def unpack_archive(archive_path: str | Path, dest_dir: str | Path, *, limits: ArchiveLimits) -> None:
-    """Unpack a dataset archive into `dest_dir` (which must not exist) as `<class>/<image>` files.
+def unpack_archive(
+    archive_path: str | Path, dest_dir: str | Path, *, limits: ArchiveLimits, partial_splits: bool = False
+) -> None:
+    """Unpack a dataset archive into `dest_dir` (which must not exist) as `<class>/<image>` files
+    (or `<split>/<class>/<image>`). With `partial_splits` (images added to a dataset of given splits),
+    any of the splits may come alone, and a single split folder is never stripped as a wrapper.
 
     The module docstring lists what is refused, skipped and ignored.
     """
@@ -137,7 +153,7 @@ def unpack_archive(archive_path: str | Path, dest_dir: str | Path, *, limits: Ar
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:100]}.", suffix=".unpacking", dir=dest.parent))
     try:
-        _unpack_into(archive_path, archive_format, staging, limits)
+        _unpack_into(archive_path, archive_format, staging, limits, partial_splits)
         _move_into_place(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -357,9 +373,10 @@ class _Planned:
     class_name: str
     file_name: str
     entry: _Entry
+    split: str | None = None  # given splits: where it goes (`SPLIT_FOLDERS`' values)
 
 
-def _plan(entries: Iterator[_Entry], budget: _Budget) -> list[_Planned]:
+def _plan(entries: Iterator[_Entry], budget: _Budget, partial_splits: bool = False) -> list[_Planned]:
     kept: list[tuple[tuple[str, ...], _Entry]] = []
     for entry in entries:
         budget.declare(entry)
@@ -372,7 +389,7 @@ def _plan(entries: Iterator[_Entry], budget: _Budget) -> list[_Planned]:
         if _is_ignored(parts) or _has_archive_suffix(parts[-1]):
             continue
         kept.append((parts, entry))
-    planned = _apply_layout(_strip_wrapping_folder(kept))
+    planned = _apply_layout(_strip_wrapping_folder(kept, partial_splits), partial_splits)
     if not planned:
         raise BadArchive("archive is empty: it holds no files in <class>/<image> folders")
     budget.check_file_count(len(planned))
@@ -425,7 +442,7 @@ def _is_image_name(file_name: str) -> bool:
 
 
 def _strip_wrapping_folder(
-    kept: list[tuple[tuple[str, ...], _Entry]],
+    kept: list[tuple[tuple[str, ...], _Entry]], partial_splits: bool = False
 ) -> list[tuple[tuple[str, ...], _Entry]]:
     """Drop a single top folder that wraps the class folders (`dataset/<class>/<image>`).
 
@@ -437,29 +454,59 @@ def _strip_wrapping_folder(
     has_image_in_top_folder = any(len(parts) == 2 and _is_image_name(parts[1]) for parts, _ in kept)
     if len(top_folders) != 1 or not has_deep_entry or has_image_in_top_folder:
         return kept
+    if partial_splits and next(iter(top_folders)).lower() in SPLIT_FOLDERS:
+        return kept
     for parts, entry in kept:
         if len(parts) == 1:
             raise BadArchive(f"entry {_show(entry.name)} is both a file and a folder")
     return [(parts[1:], entry) for parts, entry in kept]
 
 
-def _apply_layout(kept: list[tuple[tuple[str, ...], _Entry]]) -> list[_Planned]:
+def _apply_layout(kept: list[tuple[tuple[str, ...], _Entry]], partial_splits: bool = False) -> list[_Planned]:
+    splits = _given_splits(kept, partial_splits)
+    depth = 3 if splits else 2
     planned: list[_Planned] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for parts, entry in kept:
-        if len(parts) != 2:
-            _refuse_misplaced_image(parts, entry)
+        if len(parts) != depth:
+            _refuse_misplaced_image(parts, entry, split_layout=bool(splits))
             continue
-        if parts in seen:
+        key = (splits[parts[0]], *parts[1:]) if splits else parts
+        if key in seen:
             raise BadArchive(f"entry {_show(entry.name)} appears more than once")
-        seen.add(parts)
-        planned.append(_Planned(parts[0], parts[1], entry))
+        seen.add(key)
+        planned.append(_Planned(key[-2], key[-1], entry, split=key[0] if splits else None))
     return planned
 
 
-def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry) -> None:
+def _given_splits(kept: list[tuple[tuple[str, ...], _Entry]], partial: bool = False) -> dict[str, str]:
+    """{top folder: split} when the archive is laid out as given splits, else {} (a flat archive)."""
+    tops = {parts[0] for parts, _ in kept if len(parts) >= 2}
+    deep_image = any(len(parts) >= 3 and _is_image_name(parts[-1]) for parts, _ in kept)
+    if not tops or not deep_image or any(top.lower() not in SPLIT_FOLDERS for top in tops):
+        return {}
+    splits = {top: SPLIT_FOLDERS[top.lower()] for top in sorted(tops)}
+    for split in set(splits.values()):
+        folders = [top for top, name in splits.items() if name == split]
+        if len(folders) > 1:
+            raise BadArchive(f"folders {', '.join(map(_show, folders))} are the same split ({split}): keep one")
+    missing = [name for name in ("train", "validation") if name not in splits.values()]
+    if missing and not partial:
+        raise BadArchive(
+            f"an archive of given splits needs train/ and validation/ (or val/, valid/) folders; "
+            f"missing: {', '.join(missing)}"
+        )
+    return splits
+
+
+def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry, *, split_layout: bool = False) -> None:
     if not _is_image_name(parts[-1]):
         return
+    if split_layout:
+        raise BadArchive(
+            f"image {_show(entry.name)} is not in a class folder of a split: expected "
+            "<split>/<class>/<image> (train/, validation/, test/)"
+        )
     if len(parts) == 1:
         raise BadArchive(
             f"image {_show(entry.name)} is at the top level: put each class's images "
@@ -467,34 +514,37 @@ def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry) -> None:
         )
     raise BadArchive(
         f"image {_show(entry.name)} is nested too deep: expected <class>/<image>, "
-        "one folder per class with the images directly inside"
+        "one folder per class with the images directly inside "
+        "(or <split>/<class>/<image> with train/ and validation/ split folders)"
     )
 
 
 # --- extract --------------------------------------------------------------------------------
 
 
-def _unpack_into(archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits) -> None:
+def _unpack_into(
+    archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits, partial_splits: bool
+) -> None:
     packed_size = archive_path.stat().st_size
     budget = _Budget(limits, packed_size)
     with _open_reader(archive_path, archive_format, limits, packed_size) as reader:
         with _reading_archive():
-            planned = _plan(reader.entries(), budget)
+            planned = _plan(reader.entries(), budget, partial_splits)
         written = sum(_extract_one(reader, item, staging, budget) for item in planned)
     if written == 0:
         raise BadArchive("archive is empty: it holds nothing but nested archives")
 
 
 def _extract_one(reader: _ZipReader | _TarReader, item: _Planned, staging: Path, budget: _Budget) -> int:
-    """Copy one entry into `staging/<class>/<file>`; 0 when it turns out to be a nested archive."""
+    """Copy one entry into `staging/[<split>/]<class>/<file>`; 0 when it turns out to be a nested archive."""
     with _reading_archive():
         source = reader.open(item.entry.handle)
     with source:
         chunk = _read_chunk(source)
         if _has_archive_magic(chunk):
             return 0
-        class_dir = staging / item.class_name
-        class_dir.mkdir(exist_ok=True)
+        class_dir = staging / item.split / item.class_name if item.split else staging / item.class_name
+        class_dir.mkdir(parents=True, exist_ok=True)
         with open(class_dir / item.file_name, "xb") as target:
             while chunk:
                 budget.write(len(chunk))

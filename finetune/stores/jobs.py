@@ -31,13 +31,16 @@ def new_job_record(spec: JobSpec) -> dict:
 
 def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:
     """Fraction of all epochs of both phases done, counting the current epoch's batches. A phase that
-    early stopping ended (its last row `stopped_early`) counts the epochs it ran, not its spec's."""
+    early stopping ended (its last row `stopped_early`) counts the epochs it ran, not its spec's.
+
+    `batch` counts batches of the epoch after `history`'s rows: at an epoch's end, when its row is in
+    `history`, the caller passes 0 (its last batch counted whole before would otherwise count twice,
+    and resetting it instead made the progress step back by an epoch until the row arrived).
+    """
     total = sum(_phase_epochs(spec, history, name) for name in ("warmup", "finetune"))
     if total == 0:
         return 0.0
-    partial = batch / batches if phase in ("warmup", "finetune") and batches else 0.0
-    if partial >= 1.0:
-        partial = 0.0
+    partial = min(1.0, batch / batches) if phase in ("warmup", "finetune") and batches else 0.0
     return min(1.0, (len(history) + partial) / total)
 
 

@@ -63,6 +63,16 @@ class Location:
             return []
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
 
+    def newest_change(self, name: str) -> float:
+        """When anything in the folder `name` last changed (a POSIX time); 0.0 when it holds nothing."""
+        if self.is_local:
+            try:
+                return newest_change(self.local_path(name), since=float("inf"))
+            except FileNotFoundError:
+                return 0.0
+        found = self.fs.find(self.path(name), detail=True)
+        return max((_modified(info) for info in found.values()), default=0.0)
+
     def staging_parent(self, cache_dir: Path) -> Path:
         """Where folders are assembled: inside the store locally (so a rename publishes them), else the cache."""
         return Path(self.root) if self.is_local else Path(cache_dir)
@@ -113,6 +123,12 @@ class Location:
             older_than_s=older_than_s,
             always=(".deleting-",) if self.is_local else (),
         )
+
+
+def _modified(info: dict) -> float:
+    """An object's last-modified time from an fsspec listing entry (s3fs: `LastModified`, others: `mtime`)."""
+    stamp = info.get("LastModified") or info.get("mtime") or 0.0
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
 
 
 def is_remote(url: str | Path) -> bool:

@@ -46,6 +46,10 @@ def build_manifest(
         timings=result.timings,
         num_train=result.num_train,
         num_validation=result.num_validation,
+        num_test=getattr(result, "num_test", 0),
+        metrics_split=getattr(result, "metrics_split", "validation"),
+        validation_metrics=getattr(result, "validation_metrics", None),
+        figure_splits=figure_splits(getattr(result, "metrics_split", "validation")),
         skipped=[SkippedFile(path=item.path, reason=item.reason) for item in result.skipped],
         model_file=MODEL_FILE,
         versions={"tensorflow": tf.__version__, "keras": keras.__version__},
@@ -54,6 +58,19 @@ def build_manifest(
         predictions_file=PREDICTIONS_FILE if getattr(result, "held_out", None) is not None else None,
         init_model_id=init_model_id,
     ).to_json()
+
+
+def figure_splits(metrics_split: str) -> dict[str, str]:
+    """Which split each of a manifest's figures is measured on: the held-out views follow `metrics`;
+    thresholds, like every choice made while training, come from validation (the test stays untouched)."""
+    return {
+        "metrics": metrics_split,
+        "curves": metrics_split,
+        "predictions": metrics_split,
+        "validation_metrics": "validation",
+        "warmup_metrics": "validation",
+        "thresholds": "validation",
+    }
 
 
 def held_out_lines(result) -> str:
@@ -129,6 +146,10 @@ class ModelStore:
             raise NotFound(f"model {model_id!r} not found") from None
         except ValueError:  # a record cut short: never listed, so never served either
             raise NotFound(f"model {model_id!r} not found (its record is incomplete)") from None
+
+    def by_job(self) -> dict[str, dict]:
+        """The manifest of each job's model, by job id (models uploaded or copied without a job left out)."""
+        return {manifest["job_id"]: manifest for manifest in reversed(self.list()) if manifest.get("job_id")}
 
     def newest(self) -> dict:
         models = self.list()

@@ -78,8 +78,16 @@ class JobRecord(Record):
         return cls(id=new_id(), status=JobStatus.QUEUED, spec=spec, dataset_id=dataset_id, created_at=now_iso())
 
 
+class DatasetChange(BaseModel):
+    """What a version changed against its parent, in files."""
+
+    added: int = 0
+    moved: int = 0
+    removed: int = 0
+
+
 class DatasetRecord(Record):
-    """An uploaded dataset (`dataset.json`)."""
+    """An uploaded dataset (`dataset.json`), or a version of one (`parent_id`, `change`)."""
 
     id: str
     name: str
@@ -88,6 +96,11 @@ class DatasetRecord(Record):
     num_images: int
     skipped: list[SkippedFile]
     created_at: str
+    splits: dict[str, dict[str, int]] | None = Field(
+        default=None, description="given splits: {split: {class: images}}; null for a flat dataset"
+    )
+    parent_id: str | None = Field(default=None, description="the dataset this version was made from")
+    change: DatasetChange | None = Field(default=None, description="a version's change against its parent")
 
 
 class ModelManifest(Record):
@@ -111,6 +124,16 @@ class ModelManifest(Record):
     timings: dict[str, Any]
     num_train: int = 0
     num_validation: int = 0
+    num_test: int = 0
+    metrics_split: str = Field(default="validation", description="the split `metrics` come from: test when one exists")
+    validation_metrics: dict[str, Any] | None = Field(
+        default=None, description="the final model on the validation split (which picked it)"
+    )
+    figure_splits: dict[str, str] = Field(
+        default_factory=dict,
+        description="the split each figure comes from: metrics, curves, predictions (the held-out views), "
+        "validation_metrics, warmup_metrics, thresholds",
+    )
     skipped: list[SkippedFile] = Field(default_factory=list)
     model_file: str = "model.keras"
     versions: dict[str, str] = Field(default_factory=dict)

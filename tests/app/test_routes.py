@@ -133,13 +133,26 @@ def test_upload_each_archive_format(client, kind):
     response = upload(client, data, f"colours.{kind}")
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "name", "classes", "counts", "num_images", "skipped", "created_at"}
+    assert set(body) == {
+        "id",
+        "name",
+        "classes",
+        "counts",
+        "num_images",
+        "skipped",
+        "created_at",
+        "splits",
+        "parent_id",
+        "change",
+        "children",
+    }
     assert body["name"] == "colours"
     assert body["classes"] == ["blue", "red"]
     assert body["counts"] == {"blue": 3, "red": 3}
     assert body["num_images"] == 6
     assert body["skipped"] == []
-    assert client.get(f"/datasets/{body['id']}").json() == body
+    assert (body["splits"], body["parent_id"], body["change"]) == (None, None, None)
+    assert body["children"] == [] and client.get(f"/datasets/{body['id']}").json() == body
 
 
 def test_upload_takes_the_name_field_and_lists_skipped_files(client):

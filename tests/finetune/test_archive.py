@@ -503,13 +503,51 @@ def test_top_level_images_inside_a_wrapper_are_refused(scene):
     "entries",
     [
         {"cats/a.png": RED_PNG, "dogs/2019/c.png": BLUE_PNG},
-        {"train/cats/a.png": RED_PNG, "val/cats/b.png": RED_PNG},
-        {"set/train/cats/a.png": RED_PNG, "set/val/dogs/b.png": BLUE_PNG},
+        {"train/cats/a.png": RED_PNG, "pets/cats/b.png": RED_PNG},
     ],
-    ids=["sub-folder", "train-val", "wrapped-train-val"],
+    ids=["sub-folder", "split-beside-other-folder"],
 )
 def test_images_nested_deeper_than_class_folders_are_refused(scene, entries):
     refuse(scene, write_zip(scene.archive("deep.zip"), entries), match="nested too deep")
+
+
+@pytest.mark.parametrize("archive_format", FORMATS)
+@pytest.mark.parametrize("wrapper", ["", "set/"])
+def test_given_splits_unpack_under_their_canonical_names(scene, archive_format, wrapper):
+    entries = {
+        "train/cats/a.png": RED_PNG,
+        "train/dogs/b.png": BLUE_PNG,
+        "Val/cats/a.png": RED_PNG,
+        "Val/dogs/c.png": BLUE_PNG,
+        "test/cats/d.png": RED_PNG,
+        "train/notes.txt": b"dropped: not in a class folder",
+    }
+    path = write_archive(scene.archive("split.bin"), archive_format, {wrapper + k: v for k, v in entries.items()})
+    scene.unpack(path)
+    assert scene.unpacked() == {
+        "train/cats/a.png": RED_PNG,
+        "train/dogs/b.png": BLUE_PNG,
+        "validation/cats/a.png": RED_PNG,
+        "validation/dogs/c.png": BLUE_PNG,
+        "test/cats/d.png": RED_PNG,
+    }
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ({"train/cats/a.png": RED_PNG, "test/cats/b.png": RED_PNG}, "needs train/ and validation/.*validation"),
+        ({"train/cats/a.png": RED_PNG, "val/cats/b.png": RED_PNG, "valid/cats/c.png": RED_PNG}, "same split"),
+        (
+            {"train/cats/a.png": RED_PNG, "val/cats/b.png": RED_PNG, "val/c.png": RED_PNG},
+            "'val/c.png' is not in a class",
+        ),
+        ({"train/cats/x/a.png": RED_PNG, "val/cats/b.png": RED_PNG}, "not in a class folder of a split"),
+    ],
+    ids=["no-validation", "two-validation-folders", "image-directly-in-split", "too-deep"],
+)
+def test_malformed_given_splits_are_refused_naming_the_fault(scene, entries, match):
+    refuse(scene, write_zip(scene.archive("split.zip"), entries), match=match)
 
 
 def test_a_file_that_is_also_the_wrapping_folder_is_refused(scene):

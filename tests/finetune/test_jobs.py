@@ -239,7 +239,8 @@ def rows(n: int) -> list[dict]:
         (0, "warmup", 5, 10, 0.1),
         (1, "warmup", 0, 10, 0.2),
         (2, "finetune", 5, 10, 0.5),
-        (2, "finetune", 10, 10, 0.4),  # an epoch's last batch counts once, with its history row
+        (2, "finetune", 10, 10, 0.6),  # an epoch's last batch counts it whole, before its history row arrives
+        (3, "finetune", 0, 10, 0.6),  # ... and at its end, with its row, the same: never a step back
         (4, "evaluating", 3, 10, 0.8),  # batches outside a training phase count nothing
         (5, "saving", 0, 0, 1.0),
         (7, "finetune", 1, 2, 1.0),  # never above 1
@@ -279,3 +280,23 @@ def test_eta_is_unknown_before_start_or_progress():
 def test_eta_is_never_negative():
     started = datetime.now(UTC) + timedelta(seconds=60)  # a clock skewed into the future
     assert eta_seconds(started.isoformat(), 0.5) == 0.0
+
+
+def test_the_reporters_progress_never_steps_back_across_an_epochs_end(jobs):
+    from finetune.execution.runner import ProgressReporter
+    from finetune.ml.training.callbacks import ProgressEvent
+    from finetune.states import JobStatus
+
+    record = jobs.create(spec())  # 2 warmup epochs, no finetune
+    record = jobs.update(record["id"], {"status": JobStatus.RUNNING, "started_at": "2026-01-01T00:00:00+00:00"})
+    reporter = ProgressReporter(jobs, record)
+    seen = []
+    for epoch in (1, 2):
+        for batch in (0, 1, 2):  # the first batch of an epoch is always reported, the rest only when due
+            reporter.last_batch_report = 0.0
+            reporter(ProgressEvent("warmup", epoch, 2, batch, 2))
+            seen.append(jobs.get(record["id"])["progress"])
+        history = [{"epoch": n} for n in range(1, epoch + 1)]
+        reporter(ProgressEvent("warmup", epoch, 2, 2, 2, metrics={"loss": 1.0}, history=history))
+        seen.append(jobs.get(record["id"])["progress"])
+    assert seen == pytest.approx([0.0, 0.25, 0.5, 0.5, 0.5, 0.75, 1.0, 1.0])

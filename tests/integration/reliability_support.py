@@ -6,15 +6,16 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
-from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker
-from finetune.settings import Settings
+from finetune.launcher import ManagedProcess, free_port, http_status, start_api, start_redis, start_worker
 from tests.helpers import (
     assert_same_probabilities,
     learnable_spec,
@@ -22,6 +23,7 @@ from tests.helpers import (
     reference_results,
     top_label,
 )
+from tests.processes import isolated_env
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 JOB_TIMEOUT_S = 420.0  # a tiny job on a busy 2-core CPU, TensorFlow start-up included
@@ -242,21 +244,7 @@ def child_env(base: dict[str, str], **overrides: str) -> dict[str, str]:
 
 def clean_env(root: Path, redis_url: str) -> dict[str, str]:
     """Like the session's `service_env`, for a private stack under `root`."""
-    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
-    env.update(
-        REDIS_URL=redis_url,
-        MODEL_DIR=str(root / "models"),
-        DATA_DIR=str(root / "data"),
-        CACHE_DIR=str(root / "cache"),
-        KERAS_HOME=str(root / "keras"),
-        CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JOB_STALE_AFTER_S="10",
-        HEARTBEAT_S="1",
-    )
-    for key in ("MODEL_DIR", "DATA_DIR", "CACHE_DIR", "KERAS_HOME"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
-    return env
+    return isolated_env(root, REDIS_URL=redis_url, JOB_STALE_AFTER_S="10", HEARTBEAT_S="1")
 
 
 class Stack:
@@ -351,3 +339,44 @@ def assert_deletion_is_seen(first: httpx.Client, second: httpx.Client, model_id:
     assert first.delete(f"/models/{model_id}").status_code == 404
     print(f"model deletion seen by the second API {seconds:.2f} s after the 204")
     return seconds
+
+
+def runner_processes(worker, job_id: str) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(worker.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "finetune.execution.runner" in child.cmdline() and job_id in child.cmdline():
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def finetune_rows(job: dict) -> int:
+    return sum(1 for row in job["history"] if row["phase"] == "finetune")
+
+
+def expected_history(warmup: int, finetune: int) -> list[tuple[str, int]]:
+    return [("warmup", n) for n in range(1, warmup + 1)] + [("finetune", n) for n in range(1, finetune + 1)]
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def start_s3_server(log_dir: Path) -> tuple[ManagedProcess, str]:
+    """moto's S3 server on a free loopback port: the object store of the s3:// tests. Returns it and its URL."""
+    port = free_port()
+    process = ManagedProcess(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log_dir / "moto.log"
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=120, what="moto server")
+    return process, url

@@ -250,10 +250,20 @@ def refused_archives() -> list[tuple[str, str, bytes, int, str]]:
             "too-deep",
             "deep.zip",
             zip_of(
-                {f"train/{k}": v for k, v in good_files().items()} | {f"val/{k}": v for k, v in good_files().items()}
+                {f"2025/{k}": v for k, v in good_files().items()} | {f"2026/{k}": v for k, v in good_files().items()}
             ),
             400,
             "too deep",
+        ),
+        (
+            "split-classes-differ",
+            "splits.zip",
+            zip_of(
+                {f"train/{k}": v for k, v in good_files().items()}
+                | {f"val/{k}": v for k, v in good_files().items() if k.startswith("red/")}
+            ),
+            400,
+            "validation/ lacks blue",
         ),
         ("one-class", "one.zip", zip_of({f"red/{n}.png": png(seed=n) for n in range(4)}), 400, "2 classes"),
         ("truncated-zip", "cut.zip", zip_of(good_files())[:-200], 400, "corrupt"),

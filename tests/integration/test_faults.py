@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from finetune.launcher import http_status
@@ -33,9 +32,12 @@ from tests.integration.reliability_support import (
     FINAL,
     Stack,
     assert_baseline_intact,
+    expected_history,
+    finetune_rows,
     get_job,
     make_baseline,
     predict,
+    runner_processes,
     snapshot,
     submit_job,
     tiny_spec,
@@ -92,29 +94,6 @@ def intact(stack, client, baseline):
 
 def jobs_store(stack) -> JobStore:
     return JobStore.from_url(stack.env["REDIS_URL"])
-
-
-def runner_processes(worker, job_id: str) -> list[psutil.Process]:
-    try:
-        children = psutil.Process(worker.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    found = []
-    for child in children:
-        try:
-            if "finetune.execution.runner" in child.cmdline() and job_id in child.cmdline():
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
-
-
-def finetune_rows(job: dict) -> int:
-    return sum(1 for row in job["history"] if row["phase"] == "finetune")
-
-
-def expected_history(warmup: int, finetune: int) -> list[tuple[str, int]]:
-    return [("warmup", n) for n in range(1, warmup + 1)] + [("finetune", n) for n in range(1, finetune + 1)]
 
 
 def no_model_of(client: httpx.Client, stack, job_id: str) -> None:

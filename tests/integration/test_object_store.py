@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from types import SimpleNamespace
 
 import boto3
@@ -11,14 +10,16 @@ import httpx
 import pytest
 
 from finetune.ids import new_id
-from finetune.launcher import ManagedProcess, free_port, http_status, start_api, start_worker
+from finetune.launcher import free_port, start_api, start_worker
 from tests.helpers import assert_same_probabilities, learnable_spec, make_image_bytes, predictor_results, top_label
 from tests.integration.reliability_support import (
     PROBE_COLOURS,
+    S3_CREDENTIALS,
     assert_deletion_is_seen,
     predict,
     predict_status,
     probe_images,
+    start_s3_server,
     wait_for_job,
 )
 
@@ -27,13 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    process = ManagedProcess(
-        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=120, what="moto server")
+    process, url = start_s3_server(tmp_path_factory.mktemp("moto"))
     yield url
     process.stop()
 
@@ -41,12 +36,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_service(s3_server, service_env, redis_db, tmp_path_factory):
     """An API and a worker whose stores are buckets; a Redis database of its own keeps its queue apart."""
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_server,
-    }
+    credentials = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_server,

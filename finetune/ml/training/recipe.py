@@ -21,7 +21,7 @@ from finetune.ml.devices import DevicePlan, apply_precision, detect_gpus, make_s
 from finetune.ml.evaluation import evaluate_predictions
 from finetune.ml.network import assemble, build_backbone, build_head, compile_for, unfreeze_from
 from finetune.ml.pipeline import RandomAffine, decode_dataset, make_dataset
-from finetune.ml.scan import Skipped, scan_dataset, stratified_split
+from finetune.ml.scan import TEST, VALIDATION, Skipped, scan_dataset, split_dataset
 from finetune.ml.spec import PhaseSpec, TrainingSpec
 from finetune.ml.thresholds import pick_thresholds
 from finetune.ml.training.callbacks import (
@@ -76,6 +76,9 @@ class TrainResult:
     held_out: HeldOut | None = None
     curves: dict | None = None  # finetune.ml.curves.evaluation_curves of `held_out`
     thresholds: dict | None = None  # {target_precision, per_class} when the spec asks for thresholds
+    validation_metrics: dict | None = None  # the final model on the validation split (= metrics without a test split)
+    num_test: int = 0
+    metrics_split: str = VALIDATION  # where `metrics`, `held_out` and `curves` come from: test when there is one
 
 
 @dataclass
@@ -89,6 +92,7 @@ class PreparedData:
     val_idx: np.ndarray
     skipped: list[Skipped]
     files: list[str] = field(default_factory=list)
+    test_idx: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))  # untouched until the end
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -97,6 +101,10 @@ class PreparedData:
     @property
     def val_labels(self) -> np.ndarray:
         return self.labels[self.val_idx]
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self.labels[self.test_idx]
 
 
 @dataclass
@@ -160,20 +168,24 @@ def train(
 def prepare_data(
     spec: TrainingSpec, dataset_dir: str | Path, *, cache_dir: str | Path | None, max_pixels: int
 ) -> PreparedData:
-    """Scan, decode at the spec's size (memory-mapped under `cache_dir` when large) and split, stratified."""
+    """Scan, decode at the spec's size (memory-mapped under `cache_dir` when large) and split: the
+    dataset's given splits, else stratified (with a test split when the spec has `test_split`)."""
     scan = scan_dataset(dataset_dir, probe=False, max_pixels=max_pixels)
     decoded = decode_dataset(
         scan, size=spec.image_size, max_pixels=max_pixels, cache_dir=Path(cache_dir) if cache_dir else None
     )
-    train_idx, val_idx = stratified_split(decoded.labels, validation_split=spec.validation_split, seed=spec.seed)
+    splits = split_dataset(
+        decoded.scan, decoded.labels, validation_split=spec.validation_split, test_split=spec.test_split, seed=spec.seed
+    )
     return PreparedData(
         decoded.scan.classes,
         decoded.pixels,
         decoded.labels,
-        train_idx,
-        val_idx,
+        splits.train,
+        splits.validation,
         decoded.scan.skipped,
         files=list(decoded.scan.files),
+        test_idx=splits.test,
     )
 
 
@@ -337,15 +349,23 @@ class _Run:
     # --- evaluate ---------------------------------------------------------------------------
 
     def result(self, networks: Networks) -> TrainResult:
-        """The final metrics on the held-out split (the warmup's when there is no finetune)."""
+        """The final metrics: on the test split when there is one (touched only here), else on the
+        validation split (the warmup's when there is no finetune). Thresholds are picked on validation."""
         data, state = self.data, self.state
         if self.spec.finetune is None and state.warmup_metrics is not None and self.final_validation is not None:
-            metrics = state.warmup_metrics
+            validation_metrics = state.warmup_metrics
         else:
             self.report(ProgressEvent(Phase.EVALUATING))
             self.final_validation = self.validation
-            metrics = evaluate_predictions(data.val_labels, self.validation.predicted_labels(), data.classes)
-        held_out = self._held_out()
+            validation_metrics = evaluate_predictions(data.val_labels, self.validation.predicted_labels(), data.classes)
+        validation_held_out = self._held_out()
+        test = self._test(networks)
+        held_out = test or validation_held_out
+        metrics = (
+            evaluate_predictions(test.labels, test.probabilities.argmax(axis=-1), data.classes)
+            if test
+            else validation_metrics
+        )
         return TrainResult(
             model=networks.model,
             spec=self.spec,
@@ -359,8 +379,21 @@ class _Run:
             num_validation=len(data.val_idx),
             held_out=held_out,
             curves=evaluation_curves(held_out.labels, held_out.probabilities, data.classes) if held_out else None,
-            thresholds=self._thresholds(held_out),
+            thresholds=self._thresholds(validation_held_out),
+            validation_metrics=validation_metrics,
+            num_test=len(data.test_idx),
+            metrics_split=TEST if test else VALIDATION,
         )
+
+    def _test(self, networks: Networks) -> HeldOut | None:
+        """The final model's probabilities on the test split (the whole model, one pass), or None."""
+        data = self.data
+        if not len(data.test_idx):
+            return None
+        test = Validation(networks.model, networks.backbone, self.images, data.test_idx, data.test_labels)
+        test.run()
+        files = [data.files[i] for i in data.test_idx] if data.files else []
+        return HeldOut(files, data.test_labels, np.asarray(test.latest, dtype=np.float32))
 
     def _held_out(self) -> HeldOut | None:
         validation, data = self.final_validation, self.data

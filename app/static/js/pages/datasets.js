@@ -1,4 +1,5 @@
-// #/datasets (upload + list) and #/datasets/{id} (classes, counts chart, thumbnails, skipped files).
+// #/datasets (upload + list) and #/datasets/{id} (classes, counts chart, splits, versions, thumbnails,
+// skipped files, and a form that makes a new version by moving or removing files).
 
 import { api, blobUrl, items, upload } from "../api.js";
 import { barChart } from "../charts.js";
@@ -239,6 +240,7 @@ export async function datasetPage(root, ctx, [id]) {
         ["Images", String(dataset.num_images ?? "—"), "dataset-num-images"],
         ["Classes", String(classes.length)],
         ["Skipped files", String(skipped.length)],
+        ...versionRows(dataset),
       ]),
       h(
         "div",
@@ -279,6 +281,9 @@ export async function datasetPage(root, ctx, [id]) {
     countsSection.append(h("p", { class: "muted" }, "This dataset has no classes."));
   }
 
+  if (dataset.splits) root.append(splitsSection(dataset));
+  root.append(newVersionCard(dataset));
+
   const samplesSlot = h("div", { "data-testid": "samples" }, h("p", { class: "muted" }, "Loading samples…"));
   root.append(
     h("section", { class: "card", "aria-labelledby": "samples-title" }, h("h2", { id: "samples-title" }, "Samples"), samplesSlot),
@@ -296,6 +301,91 @@ export async function datasetPage(root, ctx, [id]) {
     ),
   );
   loadSamples(ctx, dataset, samplesSlot); // not awaited: the page is usable while thumbnails arrive
+}
+
+function datasetLink(id, testid) {
+  return h("a", { href: `#/datasets/${encodeURIComponent(id)}`, "data-testid": testid }, h("code", {}, id));
+}
+
+/** Summary rows of a version (its parent and what it changed) and of a parent (its versions). */
+function versionRows(dataset) {
+  const rows = [];
+  if (dataset.parent_id) {
+    rows.push(["Version of", datasetLink(dataset.parent_id, "dataset-parent"), "dataset-parent-row"]);
+    const c = dataset.change || {};
+    rows.push(["Change", `${c.added ?? 0} added, ${c.moved ?? 0} moved, ${c.removed ?? 0} removed`, "dataset-change"]);
+  }
+  const children = dataset.children || [];
+  rows.push([
+    "Versions",
+    children.length ? h("span", {}, ...children.flatMap((id, i) => [i ? ", " : "", datasetLink(id, "dataset-child")])) : "none",
+    "dataset-children",
+  ]);
+  return rows;
+}
+
+/** Images per split and class, for a dataset uploaded as train/ validation/ (test/) folders. */
+function splitsSection(dataset) {
+  const names = Object.keys(dataset.splits);
+  const classes = dataset.classes || [];
+  return h(
+    "section",
+    { class: "card", "aria-labelledby": "splits-title" },
+    h("h2", { id: "splits-title" }, "Splits"),
+    h("p", { class: "muted" }, "Given by the archive's folders; the test split, when there is one, gives the models' final metrics."),
+    table(
+      ["Class", ...names],
+      [...classes.map((c) => [c, ...names.map((s) => String(dataset.splits[s][c] ?? 0))]), [h("strong", {}, "All"), ...names.map((s) => String(Object.values(dataset.splits[s]).reduce((a, b) => a + b, 0)))]],
+      { caption: "Images per split and class", testid: "splits-table" },
+    ),
+  );
+}
+
+const VERSION_EXAMPLE = '{\n  "move": [{"path": "cats/1.jpg", "to": "dogs"}],\n  "remove": ["dogs/blurry.jpg"]\n}';
+
+/** A new version of the dataset from a JSON list of moves and removals; the dataset itself stays as it is. */
+function newVersionCard(dataset) {
+  const text = h("textarea", {
+    id: "version-edits",
+    rows: "6",
+    spellcheck: "false",
+    placeholder: VERSION_EXAMPLE,
+    "aria-describedby": "version-edits-hint",
+    "data-testid": "version-edits",
+  });
+  const errorSlot = h("div", { "data-testid": "version-error-slot" });
+  const submit = h("button", { type: "submit", class: "btn btn-primary", "data-testid": "version-create" }, "Create version");
+  const form = h(
+    "form",
+    { class: "stack", "data-testid": "version-form" },
+    h("label", { for: "version-edits" }, "Files to move (to another class) or remove, as JSON"),
+    text,
+    h("p", { class: "hint", id: "version-edits-hint" }, "Paths as in the dataset (", h("code", {}, "<class>/<file>"), " or ", h("code", {}, "<split>/<class>/<file>"), "). This dataset is not changed: a new one is made."),
+    errorSlot,
+    h("div", { class: "actions" }, submit),
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    setError(errorSlot, null);
+    let edits;
+    try {
+      edits = JSON.parse(text.value);
+    } catch (err) {
+      setError(errorSlot, new Error(`Not valid JSON: ${err.message}`), "version-error");
+      return;
+    }
+    submit.disabled = true;
+    try {
+      const version = await api.post(`datasets/${encodeURIComponent(dataset.id)}/versions`, edits);
+      notify(`Created version ${version.id}.`, "success");
+      location.hash = `#/datasets/${encodeURIComponent(version.id)}`;
+    } catch (err) {
+      setError(errorSlot, err, "version-error");
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  return h("section", { class: "card", "aria-labelledby": "version-title" }, h("h2", { id: "version-title" }, "New version"), form);
 }
 
 async function loadSamples(ctx, dataset, slot) {
