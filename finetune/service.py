@@ -12,7 +12,7 @@ import numpy as np
 from finetune.errors import BrokerUnavailable, Conflict, InvalidSpec, NotFound
 from finetune.execution.batch_runner import batch_file_store, finish_batch
 from finetune.execution.webhooks import check_webhook_url
-from finetune.ml.spec import JobSpec
+from finetune.ml.spec import JobSpec, unknown_weighted_classes, warm_start_mismatches
 from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
 from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
@@ -92,6 +92,7 @@ class Service:
     def create_job(self, spec: JobSpec) -> dict:
         dataset = self.datasets.get(spec.dataset_id)
         _check_splits_fit(spec, dataset)
+        self._check_job_fits(spec, dataset)
         if spec.webhook_url is not None:
             check_webhook_url(self.settings, spec.webhook_url)
         record = self.jobs.create(spec)
@@ -107,6 +108,19 @@ class Service:
             )
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
+
+    def _check_job_fits(self, spec: JobSpec, dataset: dict) -> None:
+        """422 for a class_weight naming classes the dataset lacks, or an init model whose weights cannot
+        start this spec; 404 for an init model that does not exist."""
+        unknown = unknown_weighted_classes(spec, dataset["classes"])
+        if unknown:
+            raise InvalidSpec(f"class_weight names classes dataset {spec.dataset_id!r} lacks: {', '.join(unknown)}")
+        if spec.init_model_id is not None:
+            mismatches = warm_start_mismatches(spec, self.models.resolve(spec.init_model_id))
+            if mismatches:
+                raise InvalidSpec(
+                    f"init_model_id {spec.init_model_id!r} does not fit the spec: {'; '.join(mismatches)}"
+                )
 
     def loaded_model(self, model_id: str | None) -> ServedModel | None:
         """The served model from memory when recently confirmed (see PredictorCache.fresh), else None."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from finetune.errors import JobCancelled, JobTimedOut
+from finetune.errors import InvalidSpec, JobCancelled, JobTimedOut
 from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_id
 from finetune.execution.reaper import checkpoint_store, succeed_from_model
 from finetune.ids import now_iso
@@ -184,7 +184,9 @@ def _train_and_save(
     should_cancel = _cancellation(jobs, job_id, record["started_at"], settings.job_time_limit_s)
     reporter = ProgressReporter(jobs, record)
     spec = JobSpec.model_validate(record["spec"])
+    models = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
     try:
+        warm_start = _warm_start(spec, models)
         result = train(
             spec.training_spec(),
             dataset_dir=dataset_store(settings).images_dir(spec.dataset_id),
@@ -193,14 +195,18 @@ def _train_and_save(
             checkpoint_dir=checkpoint_dir(settings, job_id),
             cache_dir=settings.cache.decoded(job_id),
             max_pixels=settings.max_image_pixels,
+            warm_start=warm_start,
         )
         if uploader is not None:
             uploader.stop()  # no more checkpoints: the model is about to be saved
         if should_cancel():
             raise JobCancelled("cancelled before saving")
         reporter(ProgressEvent(Phase.SAVING))
-        manifest = ModelStore(settings.model_dir, cache_dir=settings.cache_dir).save(
-            result, job_id=job_id, dataset_id=spec.dataset_id
+        manifest = models.save(
+            result,
+            job_id=job_id,
+            dataset_id=spec.dataset_id,
+            init_model_id=warm_start.model_id if warm_start else None,
         )
     except JobCancelled:
         _finish(jobs, job_id, JobStatus.CANCELLED)
@@ -226,6 +232,20 @@ def _train_and_save(
         publication=publication,
     )
     return JobStatus.SUCCEEDED
+
+
+def _warm_start(spec: JobSpec, models: ModelStore):
+    """The model `init_model_id` names (id or alias, resolved now), checked against the spec as at POST."""
+    from finetune.ml.spec import warm_start_mismatches
+    from finetune.ml.training import WarmStart
+
+    if spec.init_model_id is None:
+        return None
+    manifest = models.resolve(spec.init_model_id)
+    mismatches = warm_start_mismatches(spec, manifest)
+    if mismatches:
+        raise InvalidSpec(f"init_model_id {spec.init_model_id!r} does not fit: {'; '.join(mismatches)}")
+    return WarmStart(models.load(manifest["id"]), list(manifest["classes"]), model_id=manifest["id"])
 
 
 def _publish(spec: JobSpec, manifest: dict, settings: Settings) -> dict | None:

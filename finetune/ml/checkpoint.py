@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from finetune.states import Phase
 
 if TYPE_CHECKING:  # keras is imported where a model is saved or loaded: the reaper reads STATE_FILE without it
@@ -29,6 +31,9 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)
     warmup_metrics: dict | None = None
     trainee: str | None = None  # HEAD or MODEL; None before the first epoch
+    # The phase's early stopping and schedule (finetune.ml.training.control.PhaseControl.state), and
+    # `best_file`: the file of the best epoch's weights when early stopping keeps them.
+    stopping: dict | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> TrainingState:
@@ -40,6 +45,7 @@ class TrainingState:
 class Resumed:
     state: TrainingState
     trainee: keras.Model
+    best_weights: list[np.ndarray] | None = None  # early stopping's best epoch so far, when it keeps it
 
 
 class Checkpointer:
@@ -52,17 +58,26 @@ class Checkpointer:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
-    def save(self, trainee: keras.Model, state: TrainingState) -> None:
+    def save(self, trainee: keras.Model, state: TrainingState, *, best_weights: list[np.ndarray] | None = None) -> None:
+        """`best_weights`: early stopping's new best epoch (written, like the model, before the state
+        that names it; an unchanged best keeps the file the state already names)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         model_name = f"trainee-{state.phase}-{state.epoch}.keras"
         temporary = self.directory / f".{model_name}.tmp.keras"
         trainee.save(temporary)
         os.replace(temporary, self.directory / model_name)
+        if best_weights is not None:
+            best_name = f"best-{state.phase}-{state.epoch}.npz"
+            with open(self.directory / f".{best_name}.tmp", "wb") as stream:
+                np.savez(stream, *best_weights)
+            os.replace(self.directory / f".{best_name}.tmp", self.directory / best_name)
+            state.stopping = {**(state.stopping or {}), "best_file": best_name}
         state_tmp = self.directory / f".{STATE_FILE}.tmp"
         state_tmp.write_text(json.dumps({**dataclasses.asdict(state), MODEL_FILE_KEY: model_name}))
         os.replace(state_tmp, self.directory / STATE_FILE)
-        for stale in self.directory.glob("trainee-*.keras"):
-            if stale.name != model_name:
+        kept = {model_name, (state.stopping or {}).get("best_file")}
+        for stale in [*self.directory.glob("trainee-*.keras"), *self.directory.glob("best-*.npz")]:
+            if stale.name not in kept:
                 stale.unlink(missing_ok=True)
 
     def load(self) -> Resumed | None:
@@ -73,7 +88,13 @@ class Checkpointer:
 
         data = json.loads(state_path.read_text())
         trainee = keras.models.load_model(self.directory / data[MODEL_FILE_KEY])
-        return Resumed(TrainingState.from_json(data), trainee)
+        state = TrainingState.from_json(data)
+        best_file = (state.stopping or {}).get("best_file")
+        best_weights = None
+        if best_file:
+            with np.load(self.directory / best_file) as arrays:
+                best_weights = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+        return Resumed(state, trainee, best_weights)
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

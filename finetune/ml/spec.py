@@ -59,11 +59,55 @@ INPUT_SCALING_DESCRIPTION = (
 )
 
 
+class EarlyStoppingSpec(StrictModel):
+    """Stop the phase once `monitor` on the held-out split has not improved by more than `min_delta`
+    for `patience` epochs (keras.callbacks.EarlyStopping); `restore_best` keeps the best epoch's weights."""
+
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(5, ge=1, le=10000)
+    min_delta: float = Field(0.0, ge=0.0, le=1.0)
+    restore_best: bool = True
+
+
+ScheduleKind = Literal["constant", "cosine", "plateau"]
+
+
+class ScheduleSpec(StrictModel):
+    """The learning rate of each epoch of a phase, from the phase's `learning_rate`: first a linear ramp
+    over `warmup_epochs` (epoch e of W at learning_rate * (e + 1) / W), then 'constant'; 'cosine' down to
+    `min_lr` at the phase's last epoch; or 'plateau': times `factor` once `monitor` has not improved for
+    `patience` epochs, never below `min_lr` (keras.callbacks.ReduceLROnPlateau)."""
+
+    kind: ScheduleKind = "constant"
+    warmup_epochs: int = Field(0, ge=0, le=10000)
+    min_lr: float = Field(0.0, ge=0.0, le=10.0, description="cosine: the last epoch's; plateau: the floor")
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: the reduction")
+    patience: int = Field(2, ge=1, le=10000, description="plateau: epochs without improvement")
+    monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="plateau")
+
+
 class PhaseSpec(StrictModel):
     epochs: int = Field(ge=0, le=10000)
     optimizer: OptimizerName
     learning_rate: float = Field(gt=0.0, le=10.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (sgd only)")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="stop the phase when the held-out split stops improving; null: all its epochs"
+    )
+    schedule: ScheduleSpec | None = Field(None, description="the learning rate per epoch; null: constant")
+
+    @model_validator(mode="after")
+    def _schedule_fits_phase(self) -> PhaseSpec:
+        schedule = self.schedule
+        if schedule is None:
+            return self
+        if schedule.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"schedule.warmup_epochs {schedule.warmup_epochs} exceeds the phase's {self.epochs} epochs"
+            )
+        if schedule.min_lr >= self.learning_rate and schedule.kind != "constant":
+            raise ValueError(f"schedule.min_lr {schedule.min_lr} must be below learning_rate {self.learning_rate}")
+        return self
 
 
 class WarmupSpec(PhaseSpec):
@@ -120,6 +164,11 @@ class TrainingSpec(StrictModel):
     thresholds: ThresholdSpec | None = Field(
         default=None, description="pick per-class thresholds (abstaining predictions)"
     )
+    class_weight: Literal["balanced"] | dict[str, float] | None = Field(
+        default=None,
+        description="weights of the training loss per class: 'balanced' (inverse frequency, scikit-learn's "
+        "compute_class_weight) or {class name: weight > 0}, classes left out weigh 1; null: all alike",
+    )
 
     @field_validator("alpha")
     @classmethod
@@ -157,6 +206,17 @@ class TrainingSpec(StrictModel):
         resolve_unfreeze_from(name, finetune.unfreeze_from, alpha)
         return finetune
 
+    @field_validator("class_weight")
+    @classmethod
+    def _class_weights_positive(cls, weights: str | dict[str, float] | None) -> str | dict[str, float] | None:
+        if isinstance(weights, dict):
+            if not weights:
+                raise ValueError("class_weight: name at least one class, or use null")
+            bad = {name: weight for name, weight in weights.items() if not weight > 0}
+            if bad:
+                raise ValueError(f"class_weight: weights must be > 0, not {bad}")
+        return weights
+
     @model_validator(mode="after")
     def _splits_leave_training_images(self) -> TrainingSpec:
         if self.test_split is not None and self.validation_split + self.test_split >= 1.0:
@@ -193,6 +253,36 @@ class TrainingSpec(StrictModel):
         return self.warmup.epochs + (self.finetune.epochs if self.finetune else 0)
 
 
+def unknown_weighted_classes(spec: TrainingSpec, classes: list[str]) -> list[str]:
+    """The classes an explicit class_weight map names that the dataset does not have."""
+    if not isinstance(spec.class_weight, dict):
+        return []
+    return sorted(set(spec.class_weight) - set(classes))
+
+
+def warm_start_mismatches(spec: TrainingSpec, init: dict) -> list[str]:
+    """What keeps the model whose manifest is `init` from starting `spec`: its weights fit only the same
+    backbone, width, image size (the head's first Dense reads the flattened feature map) and head width."""
+    init_spec = init.get("spec", {})
+    theirs = {
+        "backbone": init.get("backbone"),
+        "alpha": init.get("alpha"),
+        "image_size": init.get("image_size"),
+        "head.units": init_spec.get("head", {}).get("units"),
+    }
+    ours = {
+        "backbone": spec.backbone,
+        "alpha": spec.effective_alpha,
+        "image_size": spec.image_size,
+        "head.units": spec.head.units,
+    }
+    return [
+        f"{name} {ours[name]!r} (model {init.get('id')!r} has {theirs[name]!r})"
+        for name in ours
+        if ours[name] != theirs[name]
+    ]
+
+
 class PublishSpec(BaseModel):
     """Move an alias to the job's model when it succeeds with at least `min_accuracy` (on its test
     split when it has one, else on the held-out validation split); otherwise the alias stays put."""
@@ -205,12 +295,19 @@ class PublishSpec(BaseModel):
 
 WebhookEvent = Literal["final", "epoch"]
 # What a job's spec names besides the recipe: where its data and its model go, whom to tell.
-JOB_ONLY_FIELDS = frozenset({"dataset_id", "publish", "webhook_url", "webhook_events"})
+JOB_ONLY_FIELDS = frozenset({"dataset_id", "publish", "webhook_url", "webhook_events", "init_model_id"})
 
 
 class JobSpec(TrainingSpec):
     dataset_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     publish: PublishSpec | None = Field(default=None, description="promote the model under an alias when it passes")
+    init_model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="start from this model's weights (id or alias) instead of ImageNet's; same backbone, alpha, "
+        "image_size and head.units; the classifier rows of the classes both share are kept, new ones start fresh",
+    )
     webhook_url: str | None = Field(
         default=None,
         max_length=2048,

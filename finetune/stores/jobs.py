@@ -42,17 +42,27 @@ def webhook_event(kind: str, events: list[str], before: dict, after: dict) -> st
 
 
 def overall_progress(spec: dict, history: list[dict], phase: str | None, batch: int, batches: int) -> float:
-    """Fraction of all epochs of both phases done, counting the current epoch's batches.
+    """Fraction of all epochs of both phases done, counting the current epoch's batches. A phase that
+    early stopping ended (its last row `stopped_early`) counts the epochs it ran, not its spec's.
 
     `batch` counts batches of the epoch after `history`'s rows: at an epoch's end, when its row is in
     `history`, the caller passes 0 (its last batch counted whole before would otherwise count twice,
     and resetting it instead made the progress step back by an epoch until the row arrived).
     """
-    total = spec["warmup"]["epochs"] + (spec["finetune"]["epochs"] if spec.get("finetune") else 0)
+    total = sum(_phase_epochs(spec, history, name) for name in ("warmup", "finetune"))
     if total == 0:
         return 0.0
     partial = min(1.0, batch / batches) if phase in ("warmup", "finetune") and batches else 0.0
     return min(1.0, (len(history) + partial) / total)
+
+
+def _phase_epochs(spec: dict, history: list[dict], phase: str) -> int:
+    if not spec.get(phase):
+        return 0
+    rows = [row for row in history if row.get("phase") == phase]
+    if rows and rows[-1].get("stopped_early"):
+        return len(rows)
+    return spec[phase]["epochs"]
 
 
 def eta_seconds(started_at: str | None, progress: float, *, now: float | None = None) -> float | None:

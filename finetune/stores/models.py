@@ -24,7 +24,9 @@ MANIFEST_FILE = "manifest.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
-def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str | None) -> dict:
+def build_manifest(
+    result, *, model_id: str, job_id: str | None, dataset_id: str | None, init_model_id: str | None = None
+) -> dict:
     import keras
     import tensorflow as tf
 
@@ -54,6 +56,7 @@ def build_manifest(result, *, model_id: str, job_id: str | None, dataset_id: str
         curves=getattr(result, "curves", None),
         thresholds=getattr(result, "thresholds", None),
         predictions_file=PREDICTIONS_FILE if getattr(result, "held_out", None) is not None else None,
+        init_model_id=init_model_id,
     ).to_json()
 
 
@@ -100,10 +103,18 @@ class ModelStore:
             Path(self.location.root).mkdir(parents=True, exist_ok=True)
 
     def save(
-        self, result, *, job_id: str | None = None, dataset_id: str | None = None, model_id: str | None = None
+        self,
+        result,
+        *,
+        job_id: str | None = None,
+        dataset_id: str | None = None,
+        model_id: str | None = None,
+        init_model_id: str | None = None,
     ) -> dict:
         model_id = model_id or new_id()
-        manifest = build_manifest(result, model_id=model_id, job_id=job_id, dataset_id=dataset_id)
+        manifest = build_manifest(
+            result, model_id=model_id, job_id=job_id, dataset_id=dataset_id, init_model_id=init_model_id
+        )
         with self.location.publishing(model_id, cache_dir=self.cache_dir, record_file=MANIFEST_FILE) as staging:
             result.model.save(staging / MODEL_FILE)
             if manifest["predictions_file"]:

@@ -160,6 +160,7 @@ class ModelManifest(Record):
         default=None, description="{target_precision, per_class: {class: {threshold, precision, recall}}}"
     )
     predictions_file: str | None = Field(default=None, description="every held-out image's label and probabilities")
+    init_model_id: str | None = Field(default=None, description="the model the job started from (warm start)")
 
 
 class AliasChange(BaseModel):

@@ -16,7 +16,7 @@ from finetune.ml.pipeline import decode_dataset, make_dataset
 from finetune.ml.spec import TrainingSpec
 from finetune.ml.training.recipe import ProgressEvent, TrainResult, train
 
-HISTORY_KEYS = {"phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+HISTORY_KEYS = {"phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
 
 
 def tiny(**overrides) -> TrainingSpec:

@@ -87,6 +87,16 @@ export function historySeries(history) {
     if (switchIndex === null && i > 0 && rows[i - 1].phase !== phase) switchIndex = i;
   });
   const pick = (key) => rows.map((row) => (row[key] === undefined ? null : row[key]));
+  // early stopping's marks: the row where a phase stopped, and the epoch whose weights it kept
+  const stops = [];
+  const kept = [];
+  rows.forEach((row, i) => {
+    if (row.stopped_early) stops.push(i);
+    if (row.kept_epoch != null) {
+      const at = rows.findIndex((r) => r.phase === row.phase && r.epoch === row.kept_epoch);
+      if (at >= 0) kept.push(at);
+    }
+  });
   return {
     labels,
     switchIndex,
@@ -94,7 +104,17 @@ export function historySeries(history) {
     valLoss: pick("val_loss"),
     accuracy: pick("accuracy"),
     valAccuracy: pick("val_accuracy"),
+    learningRate: pick("learning_rate"),
+    stops,
+    kept,
   };
+}
+
+/** Chart.js per-point styles for the validation line: a star at a kept epoch, a cross where a phase stopped early. */
+function markStyles(s) {
+  const style = s.labels.map((_, i) => (s.kept.includes(i) ? "star" : s.stops.includes(i) ? "crossRot" : "circle"));
+  const radius = style.map((name) => (name === "circle" ? 3 : 8));
+  return { style, radius };
 }
 
 /**
@@ -134,18 +154,29 @@ export function trainingCurves(ctx, { testidPrefix = "" } = {}) {
       },
       plugins: [phaseMarker],
     });
+  const rate = chartBox({ "data-testid": `${testidPrefix}learning-rate-chart`, "aria-label": "Learning rate per epoch" }, { height: 160 });
   const lossChart = make(loss.canvas, "Loss", { beginAtZero: true });
   const accChart = make(acc.canvas, "Accuracy", { min: 0, max: 1 });
+  const rateChart = make(rate.canvas, "Learning rate", { beginAtZero: true });
+  rateChart.data.datasets = [line("learning rate", t.train, false)];
   ctx.onCleanup(() => {
     lossChart.destroy();
     accChart.destroy();
+    rateChart.destroy();
   });
   const empty = h("p", { class: "muted", "data-testid": `${testidPrefix}curves-empty` }, "No finished epochs yet.");
-  const el = h("div", { class: "curves" }, empty, h("div", { class: "grid-2" }, loss.box, acc.box));
+  const legend = h(
+    "p",
+    { class: "muted", "data-testid": `${testidPrefix}curves-marks`, hidden: true },
+    "★ the epoch a phase kept (early stopping's best); ✕ where a phase stopped early.",
+  );
+  const el = h("div", { class: "curves" }, empty, h("div", { class: "grid-2" }, loss.box, acc.box), legend, rate.box);
 
   function update(history) {
     const s = historySeries(history);
     empty.hidden = s.labels.length > 0;
+    const marks = markStyles(s);
+    legend.hidden = !s.stops.length && !s.kept.length;
     for (const [chart, canvas, train, val] of [
       [lossChart, loss.canvas, s.loss, s.valLoss],
       [accChart, acc.canvas, s.accuracy, s.valAccuracy],
@@ -153,12 +184,23 @@ export function trainingCurves(ctx, { testidPrefix = "" } = {}) {
       chart.data.labels = s.labels;
       chart.data.datasets[0].data = train;
       chart.data.datasets[1].data = val;
+      chart.data.datasets[1].pointStyle = marks.style;
+      chart.data.datasets[1].pointRadius = marks.radius;
       chart.options.plugins.phaseMarker.index = s.switchIndex;
       chart.update("none");
       canvas.dataset.points = String(s.labels.length);
+      canvas.dataset.stops = s.stops.map((i) => s.labels[i]).join(",");
+      canvas.dataset.kept = s.kept.map((i) => s.labels[i]).join(",");
       if (s.switchIndex !== null) canvas.dataset.phaseSwitch = String(s.switchIndex);
       else delete canvas.dataset.phaseSwitch;
     }
+    const hasRates = s.learningRate.some((v) => v !== null);
+    rate.box.hidden = !hasRates;
+    rateChart.data.labels = s.labels;
+    rateChart.data.datasets[0].data = s.learningRate;
+    rateChart.options.plugins.phaseMarker.index = s.switchIndex;
+    rateChart.update("none");
+    rate.canvas.dataset.points = String(hasRates ? s.labels.length : 0);
   }
   return { el, update };
 }

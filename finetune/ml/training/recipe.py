@@ -24,12 +24,31 @@ from finetune.ml.pipeline import RandomAffine, decode_dataset, make_dataset
 from finetune.ml.scan import TEST, VALIDATION, Skipped, scan_dataset, split_dataset
 from finetune.ml.spec import PhaseSpec, TrainingSpec
 from finetune.ml.thresholds import pick_thresholds
-from finetune.ml.training.callbacks import CancelFn, PhaseCallback, ProgressEvent, ProgressFn, never, no_progress
+from finetune.ml.training.callbacks import (
+    CancelFn,
+    EpochValidation,
+    PhaseCallback,
+    ProgressEvent,
+    ProgressFn,
+    never,
+    no_progress,
+)
+from finetune.ml.training.control import PhaseControl, class_weights
 from finetune.ml.training.feeding import ImageFeeder, feature_stream, inference
 from finetune.ml.training.validation import Validation, validation_cut
 from finetune.states import Phase
 
-__all__ = ["ProgressEvent", "TrainResult", "train"]
+__all__ = ["ProgressEvent", "TrainResult", "WarmStart", "train"]
+
+
+@dataclass
+class WarmStart:
+    """A trained classifier (input -> backbone -> head) to start from instead of ImageNet's weights, and
+    its classes in its output order."""
+
+    model: keras.Model
+    classes: list[str]
+    model_id: str | None = None
 
 
 @dataclass
@@ -107,11 +126,13 @@ def train(
     cache_dir: str | Path | None = None,
     max_pixels: int = 50_000_000,
     device_plan: DevicePlan | None = None,
+    warm_start: WarmStart | None = None,
 ) -> TrainResult:
     """Run the recipe on `dataset_dir` and return the trained model with its evaluations and timings.
 
     With `checkpoint_dir`, the state after every epoch is saved there and a later call with the
     same folder resumes from it. `should_cancel` is asked after every batch; it may also raise.
+    With `warm_start`, a new run starts from that model's weights (see `_Run.warm_started`).
     """
     started = time.perf_counter()
     report = progress or no_progress
@@ -132,10 +153,11 @@ def train(
         cancelled=should_cancel or never,
         checkpointer=checkpointer,
         state=resumed.state if resumed else TrainingState(),
+        best_weights=resumed.best_weights if resumed else None,
     )
     run.timings["load_s"] = time.perf_counter() - started
 
-    networks = run.build_or_resume(resumed)
+    networks = run.build_or_resume(resumed, warm_start)
     if run.state.phase == Phase.WARMUP:
         run.warmup(networks)
     if spec.finetune is not None:
@@ -185,8 +207,11 @@ class _Run:
         cancelled: CancelFn,
         checkpointer: Checkpointer | None,
         state: TrainingState,
+        best_weights: list[np.ndarray] | None = None,
     ):
         self.spec, self.data, self.plan, self.state = spec, data, plan, state
+        self.resumed_best_weights = best_weights
+        self.class_weight = class_weights(spec, data.classes, data.train_labels)
         self.report, self.cancelled, self.checkpointer = report, cancelled, checkpointer
         self.strategy = make_strategy(plan)
         self.batch_size = spec.batch_size * plan.replicas
@@ -208,12 +233,14 @@ class _Run:
 
     # --- build -----------------------------------------------------------------------------
 
-    def build_or_resume(self, resumed: Resumed | None) -> Networks:
-        """A new classifier from the spec, or the one (or the head) a checkpoint saved; and the
-        whole model's validation, shared by both phases."""
+    def build_or_resume(self, resumed: Resumed | None, warm_start: WarmStart | None = None) -> Networks:
+        """A new classifier from the spec (or from `warm_start`'s weights), or the one (or the head) a
+        checkpoint saved; and the whole model's validation, shared by both phases."""
         spec, trainee = self.spec, resumed.trainee if resumed else None
         with self.strategy.scope():
-            if trainee is not None and (self.state.trainee == MODEL or self.state.phase == Phase.FINETUNE):
+            if trainee is None and warm_start is not None:
+                networks = self.warm_started(warm_start)
+            elif trainee is not None and (self.state.trainee == MODEL or self.state.phase == Phase.FINETUNE):
                 networks = Networks(trainee, trainee.layers[1], None)
             else:
                 backbone = build_backbone(spec)
@@ -227,6 +254,24 @@ class _Run:
                 networks = Networks(assemble(backbone, head, image_size=spec.image_size), backbone, head)
         self.validation = self._whole_model_validation(networks.backbone, networks.model)
         return networks
+
+    def warm_started(self, warm_start: WarmStart) -> Networks:
+        """The spec's classifier with `warm_start`'s weights: the backbone's and the hidden Dense's as
+        they are; of the output layer, the kernel columns and bias entries of the classes both share
+        (new classes start as Keras initializes them; removed ones are dropped)."""
+        spec, classes = self.spec, self.data.classes
+        backbone = build_backbone(spec.model_copy(update={"weights": "none"}))  # all its weights are copied
+        head = build_head(tuple(backbone.output.shape[1:]), head=spec.head, num_classes=len(classes))
+        old_backbone, old_head = warm_start.model.layers[1], warm_start.model.layers[2]
+        backbone.set_weights(old_backbone.get_weights())
+        head.get_layer("fc").set_weights(old_head.get_layer("fc").get_weights())
+        kernel, bias = (np.array(weights) for weights in head.get_layer("predictions").get_weights())
+        old_kernel, old_bias = old_head.get_layer("predictions").get_weights()
+        for name in set(classes) & set(warm_start.classes):
+            new, old = classes.index(name), warm_start.classes.index(name)
+            kernel[:, new], bias[new] = old_kernel[:, old], old_bias[old]
+        head.get_layer("predictions").set_weights([kernel, bias])
+        return Networks(assemble(backbone, head, image_size=spec.image_size), backbone, head)
 
     def _whole_model_validation(self, backbone: keras.Model, model: keras.Model) -> Validation:
         """Cut where the finetune unfreezes (or after the backbone): the layers before the cut stay
@@ -398,18 +443,29 @@ class _Run:
         if initial_epoch is None:
             initial_epoch = self.state.epoch if self.state.phase == name else 0
 
+        resuming = self.state.phase == name and initial_epoch > 0
+        control = PhaseControl(
+            phase,
+            resumed=self.state.stopping if resuming else None,
+            best_weights=self.resumed_best_weights if resuming else None,
+        )
+        best_file = (self.state.stopping or {}).get("best_file") if resuming else None
+
         def save(epoch: int) -> None:
-            if self.checkpointer:
-                self.checkpointer.save(
-                    trainee,
-                    TrainingState(
-                        phase=name,
-                        epoch=epoch,
-                        history=self.state.history,
-                        warmup_metrics=self.state.warmup_metrics,
-                        trainee=trainee_kind,
-                    ),
-                )
+            nonlocal best_file
+            if not self.checkpointer:
+                return
+            improved = control.improved_at(epoch - 1)
+            state = TrainingState(
+                phase=name,
+                epoch=epoch,
+                history=self.state.history,
+                warmup_metrics=self.state.warmup_metrics,
+                trainee=trainee_kind,
+                stopping={**control.state(trainee), **({"best_file": best_file} if best_file else {})},
+            )
+            self.checkpointer.save(trainee, state, best_weights=control.stopper.best_weights if improved else None)
+            best_file = state.stopping.get("best_file")
 
         callback = PhaseCallback(
             phase=name,
@@ -420,9 +476,12 @@ class _Run:
             should_cancel=self.cancelled,
             on_epoch_saved=save,
             validation=validation,
+            control=control,
         )
         started = time.perf_counter()
-        if phase.epochs > initial_epoch:
+        if resuming:
+            control.resume_rate(trainee)
+        if phase.epochs > initial_epoch and not control.stopped_when_resumed():
             validation.latest = None  # the weights are about to change
             self.report(ProgressEvent(name, epoch=initial_epoch, epochs=phase.epochs, batches=self.batches))
             # One stream for the phase's epochs (`batches` steps each): the input pipeline keeps running
@@ -432,10 +491,16 @@ class _Run:
                 epochs=phase.epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=self.batches,
-                callbacks=[callback],
+                callbacks=[EpochValidation(validation), *control.callbacks, callback],
                 verbose=0,
                 shuffle=False,
+                class_weight=self.class_weight,
             )
+            if control.kept_epoch() not in (None, self.state.history[-1]["epoch"]):
+                validation.latest = None  # EarlyStopping put the best epoch's weights back
+        elif resuming:
+            control.keep_best(trainee)
+            validation.latest = None
         self.timings[f"{name}_s"] = time.perf_counter() - started + extra_train_s
         train_s = callback.train_seconds + extra_train_s
         if callback.epochs_run and train_s > 0:

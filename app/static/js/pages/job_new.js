@@ -62,8 +62,9 @@ function layout(fields, parts, datasetPicker) {
     section("Model", grid(parts.model)),
     section("Head", grid(parts.head)),
     section("Augmentation", ...parts.augmentation),
-    section("Phase 1: warmup (backbone frozen)", grid(parts.warmup)),
+    section("Phase 1: warmup (backbone frozen)", ...parts.warmup),
     section("Phase 2: finetune", ...parts.finetune),
+    section("Starting weights and class weights", grid(parts.start)),
     section("Publish", ...parts.publish),
     h(
       "div",

@@ -23,7 +23,36 @@ const AUGMENTATION = [
   ["horizontal_flip", "Horizontal flip"],
 ];
 
+// Per phase: early stopping and the learning-rate schedule, each a nullable object switched by a checkbox.
+const EARLY_STOPPING = [
+  ["patience", "Patience (epochs)"],
+  ["min_delta", "Minimum improvement"],
+];
+const SCHEDULE = [
+  ["warmup_epochs", "Ramp-up epochs"],
+  ["min_lr", "Minimum learning rate"],
+  ["factor", "Plateau factor", FRACTION_STEP],
+  ["patience", "Plateau patience (epochs)"],
+];
+const CLASS_WEIGHT_CHOICES = [
+  ["", "all alike"],
+  ["balanced", "balanced (inverse frequency)"],
+  ["custom", "by class (below)"],
+];
+
 const capitalize = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+
+/** "cats=2, dogs=0.5" -> {cats: 2, dogs: 0.5}; null when a pair does not read. */
+export function parseClassWeights(text) {
+  const weights = {};
+  for (const pair of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const [name, value, ...rest] = pair.split("=").map((p) => p.trim());
+    const weight = Number(value);
+    if (!name || rest.length || value === undefined || value === "" || !(weight > 0)) return null;
+    weights[name] = weight;
+  }
+  return Object.keys(weights).length ? weights : null;
+}
 
 export class JobSpecForm {
   /** doc: /openapi.json; fields: the page's Fields; backbones: GET /backbones' items; signal: the page's. */
@@ -78,10 +107,47 @@ export class JobSpecForm {
         this.number("head.dropout", "Dropout", { step: FRACTION_STEP }),
       ],
       augmentation: this.#augmentationParts(),
-      warmup: this.#phaseFields("warmup"),
+      warmup: [h("div", { class: "grid-3" }, this.#phaseFields("warmup")), ...this.#controlParts("warmup")],
       finetune: this.#finetuneParts(),
+      start: this.#startFields(),
       publish: this.#publishParts(),
     };
+  }
+
+  /** Where the weights come from (init_model_id) and how the classes weigh in the loss. */
+  #startFields() {
+    return [
+      this.fields.text("init_model_id", "Start from model", this.schema("init_model_id"), {
+        placeholder: "model id or alias",
+        hint: "Empty: ImageNet's weights. Same backbone, alpha, image size and head units.",
+      }),
+      this.fields.select("class_weight", "Class weights", CLASS_WEIGHT_CHOICES, "", "Weights of the training loss per class."),
+      this.fields.text("class_weight.custom", "Weights by class", {}, { placeholder: "cats=2, dogs=1", hint: "Classes left out weigh 1." }),
+    ];
+  }
+
+  /** A phase's early stopping and schedule: each a checkbox and the fieldset it enables. */
+  #controlParts(name) {
+    const fieldset = (id, legend, children) =>
+      h("fieldset", { class: "grid-3", id: `${name}-${id}-params`, "data-testid": `${name}-${id}-params` }, h("legend", { class: "visually-hidden" }, legend), children);
+    const stopping = `${name}.early_stopping`;
+    const stoppingParams = fieldset("early-stopping", "Early stopping parameters", [
+      this.choice(`${stopping}.monitor`, "Monitor"),
+      ...EARLY_STOPPING.map(([key, label]) => this.number(`${stopping}.${key}`, label, { step: key === "min_delta" ? "any" : undefined })),
+      this.fields.checkbox(`${stopping}.restore_best`, "Keep the best epoch's weights", this.schema(`${stopping}.restore_best`).default),
+    ]);
+    const schedule = `${name}.schedule`;
+    const scheduleParams = fieldset("schedule", "Learning-rate schedule parameters", [
+      this.choice(`${schedule}.kind`, "Schedule"),
+      ...SCHEDULE.map(([key, label, step]) => this.number(`${schedule}.${key}`, label, { step })),
+      this.choice(`${schedule}.monitor`, "Plateau monitor"),
+    ]);
+    return [
+      this.toggle(stopping, "Stop early when the held-out split stops improving", stoppingParams),
+      stoppingParams,
+      this.toggle(schedule, "Schedule the learning rate", scheduleParams),
+      scheduleParams,
+    ];
   }
 
   #publishParts() {
@@ -145,6 +211,7 @@ export class JobSpecForm {
       h("legend", { class: "visually-hidden" }, "Fine-tune parameters"),
       this.#phaseFields("finetune"),
       h("div", { class: "span-all" }, this.layers.field()),
+      h("div", { class: "span-all stack" }, this.#controlParts("finetune")),
     );
     return [this.toggle("finetune", "Fine-tune the upper backbone layers after the warmup", params), params];
   }
@@ -165,6 +232,12 @@ export class JobSpecForm {
       optimizer.addEventListener("change", sync);
       sync();
     }
+    const weighting = f.input("class_weight");
+    const syncWeights = () => {
+      f.input("class_weight.custom").disabled = weighting.value !== "custom";
+    };
+    weighting.addEventListener("change", syncWeights);
+    syncWeights();
     for (const [path, params] of this.toggled) {
       const sync = () => {
         params.disabled = !f.input(path).checked;
@@ -221,8 +294,33 @@ export class JobSpecForm {
       warmup: this.#readPhase("warmup", errors),
       finetune: f.input("finetune").checked ? this.#readFinetune(errors) : null,
       publish: f.input("publish").checked ? this.#readPublish(errors) : null,
+      init_model_id: f.input("init_model_id").value.trim() || null,
+      class_weight: this.#readClassWeight(errors),
     };
     return { spec, errors };
+  }
+
+  #readClassWeight(errors) {
+    const choice = this.fields.input("class_weight").value;
+    if (choice !== "custom") return choice || null;
+    const weights = parseClassWeights(this.fields.input("class_weight.custom").value);
+    if (!weights) errors.push({ path: "class_weight.custom", message: "Write class=weight pairs, e.g. cats=2, dogs=1 (weights > 0)." });
+    return weights;
+  }
+
+  #readControl(name, errors) {
+    const f = this.fields;
+    const stopping = `${name}.early_stopping`;
+    const schedule = `${name}.schedule`;
+    const numbers = (prefix, keys) => Object.fromEntries(keys.map(([key]) => [key, f.readNumber(`${prefix}.${key}`, errors)]));
+    return {
+      early_stopping: f.input(stopping).checked
+        ? { monitor: f.input(`${stopping}.monitor`).value, ...numbers(stopping, EARLY_STOPPING), restore_best: f.input(`${stopping}.restore_best`).checked }
+        : null,
+      schedule: f.input(schedule).checked
+        ? { kind: f.input(`${schedule}.kind`).value, ...numbers(schedule, SCHEDULE), monitor: f.input(`${schedule}.monitor`).value }
+        : null,
+    };
   }
 
   #readPublish(errors) {
@@ -250,6 +348,7 @@ export class JobSpecForm {
       learning_rate: this.fields.readNumber(`${name}.learning_rate`, errors),
       // the field is disabled for the other optimizers, which get the schema's default
       momentum: optimizer === MOMENTUM_OPTIMIZER ? this.fields.readNumber(momentum, errors) : this.schema(momentum).default,
+      ...this.#readControl(name, errors),
     };
   }
 

@@ -369,6 +369,14 @@ async function follow(ctx, id, update, note, errorSlot, currentJob) {
   if (ctx.active) note.textContent = "";
 }
 
+/** "stopped early, kept epoch 4" on a phase's last row when early stopping watched it; else empty. */
+function phaseEndNote(row) {
+  const notes = [];
+  if (row.stopped_early) notes.push("stopped early");
+  if (row.kept_epoch != null) notes.push(`kept epoch ${row.kept_epoch}`);
+  return notes.join(", ");
+}
+
 function historyTable(history) {
   if (!history.length) return h("div");
   return h(
@@ -376,8 +384,18 @@ function historyTable(history) {
     { class: "history" },
     h("summary", {}, `Epochs (${history.length})`),
     table(
-      ["Phase", "Epoch", "Loss", "Accuracy", "Val loss", "Val accuracy", "Time"],
-      history.map((r) => [r.phase, String(r.epoch ?? DASH), fmtNum(r.loss), fmtNum(r.accuracy), fmtNum(r.val_loss), fmtNum(r.val_accuracy), fmtDuration(r.seconds)]),
+      ["Phase", "Epoch", "Loss", "Accuracy", "Val loss", "Val accuracy", "Learning rate", "Time", "Note"],
+      history.map((r) => [
+        r.phase,
+        String(r.epoch ?? DASH),
+        fmtNum(r.loss),
+        fmtNum(r.accuracy),
+        fmtNum(r.val_loss),
+        fmtNum(r.val_accuracy),
+        r.learning_rate == null ? DASH : Number(r.learning_rate).toPrecision(3),
+        fmtDuration(r.seconds),
+        phaseEndNote(r),
+      ]),
       { caption: "Metrics per epoch", testid: "history-table" },
     ),
   );
