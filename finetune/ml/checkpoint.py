@@ -22,6 +22,13 @@ MODEL_FILE_KEY = "model_file"
 HEAD, MODEL = "head", "model"  # what a checkpoint's trainee is: the head alone (cached features) or the classifier
 
 
+def checkpoint_files(state_data: dict) -> list[str]:
+    """The files a checkpoint's state names (the trainee, and early stopping's best weights if kept):
+    what a copy of the checkpoint must carry besides the state file itself."""
+    best_file = (state_data.get("stopping") or {}).get("best_file")
+    return [state_data[MODEL_FILE_KEY], *([best_file] if best_file else [])]
+
+
 @dataclass
 class TrainingState:
     """Where a run stands after its last completed epoch: what a checkpoint restores."""

@@ -15,6 +15,7 @@ holding `state.json` and the trainee file it names (see finetune.ml.checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,13 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune.ml.checkpoint import MODEL_FILE_KEY, STATE_FILE
+from finetune.ml.checkpoint import STATE_FILE, checkpoint_files
 from finetune.stores.location import Location, newest_change
 
 log = logging.getLogger("finetune.stores.checkpoints")
 UPLOAD_POLL_S = 0.5  # how often the uploader looks for a newer local state file (a stat)
 COPY_CHUNK = 8 * 1024**2
 TRAINEE_GLOB = "trainee-*.keras"
+BEST_GLOB = "best-*.npz"  # early stopping's kept weights (finetune.ml.checkpoint)
 
 
 def epochs_done(state_text: str) -> int:
@@ -74,16 +76,17 @@ class CheckpointStore:
         shared_epochs = epochs_done(shared_state)
         if local_state is not None and epochs_done(local_state) >= shared_epochs:
             return None
-        model_name = json.loads(shared_state)[MODEL_FILE_KEY]
+        names = checkpoint_files(json.loads(shared_state))
         local.mkdir(parents=True, exist_ok=True)
-        partial = local / f".{model_name}.download"
-        self.location.fs.get_file(self.location.path(job_id, model_name), str(partial))
-        os.replace(partial, local / model_name)
+        for name in names:
+            partial = local / f".{name}.download"
+            self.location.fs.get_file(self.location.path(job_id, name), str(partial))
+            os.replace(partial, local / name)
         state_tmp = local / f".{STATE_FILE}.download"
         state_tmp.write_text(shared_state)
         os.replace(state_tmp, local / STATE_FILE)
-        for stale in local.glob(TRAINEE_GLOB):
-            if stale.name != model_name:
+        for stale in [*local.glob(TRAINEE_GLOB), *local.glob(BEST_GLOB)]:
+            if stale.name not in names:
                 stale.unlink(missing_ok=True)
         return shared_epochs
 
@@ -155,24 +158,27 @@ class CheckpointUploader(threading.Thread):
     def upload_newest(self) -> bool:
         """Upload the local checkpoint if it is newer than the last one uploaded. True if one was."""
         state_path = self.local_dir / STATE_FILE
-        try:
-            stat = state_path.stat()
-            version = (stat.st_mtime_ns, stat.st_ino)  # a new state file is a new inode (written by rename)
-            if version == self.uploaded_version:
+        with contextlib.ExitStack() as opened:
+            try:
+                stat = state_path.stat()
+                version = (stat.st_mtime_ns, stat.st_ino)  # a new state file is a new inode (written by rename)
+                if version == self.uploaded_version:
+                    return False
+                state_text = state_path.read_text()
+                names = checkpoint_files(json.loads(state_text))
+                # opened now: a newer checkpoint replacing them meanwhile cannot take them away mid-copy
+                files = [opened.enter_context(open(self.local_dir / name, "rb")) for name in names]
+            except FileNotFoundError:  # a newer checkpoint replaced this one meanwhile: the next poll takes it
                 return False
-            state_text = state_path.read_text()
-            model_name = json.loads(state_text)[MODEL_FILE_KEY]
-            model = open(self.local_dir / model_name, "rb")  # noqa: SIM115 - closed below; kept open if replaced
-        except FileNotFoundError:  # a newer checkpoint replaced this one meanwhile: the next poll takes it
-            return False
-        started = time.perf_counter()
-        with model, self.location.fs.open(self.location.path(self.job_id, model_name), "wb") as remote:
-            shutil.copyfileobj(model, remote, COPY_CHUNK)
-            size = model.tell()
+            started, size = time.perf_counter(), 0
+            for name, local_file in zip(names, files, strict=True):
+                with self.location.fs.open(self.location.path(self.job_id, name), "wb") as remote:
+                    shutil.copyfileobj(local_file, remote, COPY_CHUNK)
+                    size += local_file.tell()
         self.location.fs.pipe_file(self.location.path(self.job_id, STATE_FILE), state_text.encode())
         for entry in self.location.fs.ls(self.location.path(self.job_id), detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name != model_name and name != STATE_FILE:
+            if name not in names and name != STATE_FILE:
                 self.location.fs.rm_file(entry)
         self.uploaded_version = version
         elapsed = time.perf_counter() - started

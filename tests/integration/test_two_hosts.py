@@ -315,3 +315,33 @@ def test_the_uploader_copies_the_newest_local_checkpoint_and_another_host_restor
 
 def _spec_of(spec: dict) -> JobSpec:
     return JobSpec.model_validate(spec)
+
+
+def test_early_stoppings_kept_weights_travel_with_the_shared_checkpoint(hosts):
+    """A state naming a `best_file` (early stopping's kept epoch): the bucket and the other host get it too."""
+    job_id = new_id()
+    url = f"s3://{BUCKET}/{CHECKPOINTS}"
+    here = CheckpointStore(url, staging_root=hosts.stack.root / "best-here")
+    there = CheckpointStore(url, staging_root=hosts.stack.root / "best-there")
+    local = here.working_dir(job_id)
+    local.mkdir(parents=True)
+    (local / "trainee-finetune-3.keras").write_bytes(b"latest")
+    (local / "best-finetune-2.npz").write_bytes(b"kept")
+    state = {"phase": "finetune", "epoch": 3, "history": [{"epoch": n} for n in (1, 2, 3)]}
+    state |= {"stopping": {"best_file": "best-finetune-2.npz"}, "model_file": "trainee-finetune-3.keras"}
+    (local / "state.json").write_text(json.dumps(state))
+    uploader = here.uploader(job_id)
+    try:
+        wait_for(lambda: uploader.done.epochs == [3], timeout=HANG_GUARD_S, what="the upload")
+        assert sorted(hosts.keys(f"{CHECKPOINTS}/{job_id}/")) == [
+            f"{CHECKPOINTS}/{job_id}/best-finetune-2.npz",
+            f"{CHECKPOINTS}/{job_id}/state.json",
+            f"{CHECKPOINTS}/{job_id}/trainee-finetune-3.keras",
+        ]
+        assert there.restore(job_id) == 3
+        assert (there.working_dir(job_id) / "best-finetune-2.npz").read_bytes() == b"kept"
+        assert (there.working_dir(job_id) / "trainee-finetune-3.keras").read_bytes() == b"latest"
+    finally:
+        uploader.stop()
+        here.remove(job_id)
+        there.remove(job_id)
