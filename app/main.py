@@ -15,8 +15,8 @@ from fastapi.staticfiles import StaticFiles
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import AppMetrics
-from app.queue import make_enqueue, make_enqueue_export
-from app.routers import aliases, backbones, datasets, exports, health, jobs, models, predict
+from app.queue import make_enqueue, make_enqueue_batch, make_enqueue_export
+from app.routers import aliases, backbones, batches, datasets, exports, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
 from finetune.errors import NotFound
 from finetune.execution.reaper import start_reaper
@@ -67,7 +67,7 @@ def _remove_leftovers(service: Service, settings: Settings) -> None:
         log.warning("removed %d leftover(s) of interrupted uploads and saves: %s", len(removed), ", ".join(removed))
 
 
-def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export=None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export=None, enqueue_batch=None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (`make run` starts an embedded Redis and sets it)")
@@ -82,7 +82,9 @@ def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export
             )
         await asyncio.get_running_loop().run_in_executor(None, _remove_leftovers, app.state.service, settings)
         preload = asyncio.get_running_loop().run_in_executor(None, _warm_up, app.state.service)
-        reaper = start_reaper(settings, enqueue=app.state.service.enqueue)
+        reaper = start_reaper(
+            settings, enqueue=app.state.service.enqueue, enqueue_batch=app.state.service.enqueue_batch
+        )
         yield
         reaper.stopped.set()
         preload.cancel()
@@ -94,8 +96,14 @@ def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export
     app.state.metrics = AppMetrics(lambda: app.state.service)
     if enqueue_export is None:
         enqueue_export = make_enqueue_export(settings.redis_url)
+    if enqueue_batch is None:
+        enqueue_batch = make_enqueue_batch(settings.redis_url)
     app.state.service = Service.from_settings(
-        settings, enqueue=enqueue, on_batch=app.state.metrics.observe_batch, enqueue_export=enqueue_export
+        settings,
+        enqueue=enqueue,
+        on_batch=app.state.metrics.observe_batch,
+        enqueue_export=enqueue_export,
+        enqueue_batch=enqueue_batch,
     )
     install_error_handlers(app)
 
@@ -106,6 +114,7 @@ def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export
         models.router,
         aliases.router,
         exports.router,
+        batches.router,
         predict.router,
         backbones.router,
         health.metrics_router,

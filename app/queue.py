@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from celery import Celery
 
-from finetune.execution.protocol import BUILD_EXPORT_TASK, JOB_QUEUE, RUN_JOB_TASK
+from finetune.execution.protocol import BUILD_EXPORT_TASK, JOB_QUEUE, RUN_BATCH_TASK, RUN_JOB_TASK
 
 
-def make_enqueue(redis_url: str):
+def make_enqueue(redis_url: str, task: str = RUN_JOB_TASK):
+    """Sends `task(record_id)` (a job by default; RUN_BATCH_TASK for a batch) to the workers' queue."""
     client = Celery("finetune-api", broker=redis_url)
     client.conf.update(
         broker_connection_timeout=3, broker_connection_retry=False, broker_transport_options={"max_retries": 1}
@@ -15,7 +16,7 @@ def make_enqueue(redis_url: str):
 
     def enqueue(job_id: str) -> None:
         client.send_task(
-            RUN_JOB_TASK,
+            task,
             args=[job_id],
             queue=JOB_QUEUE,
             retry=True,
@@ -23,6 +24,11 @@ def make_enqueue(redis_url: str):
         )
 
     return enqueue
+
+
+def make_enqueue_batch(redis_url: str):
+    """Sends `RUN_BATCH_TASK(batch_id)` to the workers' queue."""
+    return make_enqueue(redis_url, RUN_BATCH_TASK)
 
 
 def make_enqueue_export(redis_url: str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from finetune.ml.spec import JobSpec
 from finetune.schemas import (  # noqa: F401 (the routers import them from here, with the rest of the contract)
@@ -12,7 +14,15 @@ from finetune.schemas import (  # noqa: F401 (the routers import them from here,
     Prediction,
     PredictResponse,
 )
-from finetune.stores.records import AliasRecord, DatasetRecord, ExportFormat, ExportRecord, JobRecord, ModelManifest
+from finetune.stores.records import (
+    AliasRecord,
+    BatchRecord,
+    DatasetRecord,
+    ExportFormat,
+    ExportRecord,
+    JobRecord,
+    ModelManifest,
+)
 
 
 class DatasetPublic(DatasetRecord):
@@ -154,3 +164,66 @@ class ExportCreate(BaseModel):
 
 class ExportPublic(ExportRecord):
     """An export of a model: its build's status, its parity with the served model, where to download it."""
+
+
+# --- batch predictions (issue 16) -----------------------------------------------------------------
+
+
+class BatchOptions(BaseModel):
+    """How a batch labels its images: the same model, `top_k` and `threshold` as /predict takes."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="a model id or an alias; default: the alias `default`, else the newest model",
+    )
+    top_k: int = Field(default=5, ge=1, le=1000)
+    threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="abstain below this top-1 probability (overrides every class's)"
+    )
+    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None, description="per-class thresholds over the model's own (class -> threshold in [0, 1])"
+    )
+    chunk_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="images per results part (the unit of resume); default BATCH_CHUNK_SIZE",
+    )
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="told when the batch ends (http or https)")
+
+    def service_options(self) -> dict:
+        """The options as `Service.create_batch` takes them."""
+        options = self.model_dump(exclude={"webhook_url", "dataset_id", "source"})
+        return options | {"webhook_url": str(self.webhook_url) if self.webhook_url else None}
+
+
+class BatchCreate(BatchOptions):
+    """A batch over a dataset (`dataset_id`) or an object-store prefix (`source`): exactly one of them.
+    An archive of images is posted as multipart instead (`file`, with these options as form fields)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"source": "s3://photos/2026/", "model_id": "production", "top_k": 3}]},
+    )
+
+    dataset_id: str | None = Field(default=None, min_length=1, max_length=128)
+    source: str | None = Field(
+        default=None, pattern=r"^s3://[^/\s]+(/\S*)?$", max_length=2000, description="s3://bucket/prefix"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BatchCreate:
+        if self.dataset_id is not None and self.source is not None:
+            raise ValueError("give one source: dataset_id or source, not both")
+        if self.dataset_id is None and self.source is None:
+            raise ValueError("give a source: dataset_id, source, or an archive posted as multipart `file`")
+        return self
+
+
+class BatchPublic(BatchRecord):
+    """A batch prediction: what it labels, with which model, where it stands."""

@@ -85,6 +85,7 @@ def derive(results: dict) -> dict:
         "accuracy": accuracy,
         "serving": {},
         "memory": _memory_figures(results),
+        "batches": _batch_figures(results.get("batches")),
     }
     if serving and ceil:
         levels = {level["clients"]: level for level in serving["levels"]}
@@ -110,6 +111,37 @@ def derive(results: dict) -> dict:
             figures["serving"]["c8_vs_api_raw_b8"] = _ratio(levels[8]["throughput"], api_raw.get("forward_b8_ips"))
             figures["serving"]["c8_cpu_bound"] = _cpu_bound(levels[8], ceil, _get(results, "meta", "cores"))
     return figures
+
+
+def _batch_figures(batches: dict | None) -> dict:
+    """A batch's images/s over the raw batched forward pass of the same model (issue 16's 0.8 target)."""
+    if not batches:
+        return {}
+    batch, raw = batches["batch"]["images_per_second"], batches["raw"]["images_per_second"]
+    return {"batch_ips": batch, "raw_ips": raw, "vs_raw": _ratio(batch, raw)}
+
+
+def _batches(results: dict, figures: dict) -> list[str]:
+    batches = results.get("batches")
+    if not batches:
+        return ["## Batch predictions", "", "Not measured (see the errors below).", ""]
+    batch, raw = batches["batch"], batches["raw"]
+    rows = [
+        ["images (224-px JPEG files)", str(batch["images"])],
+        ["batch: images/s (read, decode, forward, parts written)", _fmt(batch["images_per_second"])],
+        ["raw batched forward: images/s (decoded images)", _fmt(raw["images_per_second"])],
+        ["batch / raw", _x(figures["batches"].get("vs_raw"))],
+        [
+            "chunk / forward batch / decode threads",
+            f"{batch['chunk_size']} / {batch['forward_size']} / {batch['decode_threads']}",
+        ],
+    ]
+    return [
+        "## Batch predictions (`python -m bench.batches`: the batch runner's process vs the raw forward)",
+        "",
+        *_table(["figure", "value"], rows),
+        "",
+    ]
 
 
 def _cpu_bound(level: dict, ceil: dict, cores: int | None) -> dict | None:
@@ -534,6 +566,7 @@ def render(results: dict) -> str:
         *_environment(results["meta"]),
         *_training(results, figures),
         *_serving(results, figures),
+        *_batches(results, figures),
         *_memory(results, figures),
         *_targets(results, figures),
     ]

@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["ceilings", "seed", "project", "serving"],
+        choices=["ceilings", "seed", "project", "serving", "batches"],
         help="leave a section out",
     )
     args = parser.parse_args(argv)
@@ -297,8 +297,11 @@ def run_sections(sections: Sections, args, spec, data_dir: Path, classes: int, o
     )
     if project_aug is not None:
         results["serving"] = _as_dict(sections.run("serving", lambda: _serving(project_aug, out, args)))
-    elif "serving" not in args.skip:
-        results["errors"]["serving"] = "not run: the project's training (the model to serve) did not run"
+        results["batches"] = sections.run("batches", lambda: _batches(project_aug, out))
+    else:
+        for section in ("serving", "batches"):
+            if section not in args.skip:
+                results["errors"][section] = "not run: the project's training (the model to serve) did not run"
     ceiling_passes.append(
         sections.run("ceilings (second pass)", lambda: _ceilings(spec, classes, args), group="ceilings")
     )
@@ -405,6 +408,15 @@ def _serving(project_run: dict, out: Path, args):
         level_seconds=args.level_seconds,
         cache_models=args.cache_models,
     )
+
+
+def _batches(project_run: dict, out: Path) -> dict:
+    """A batch prediction's images/s against the raw batched forward pass of the same model (bench.batches)."""
+    from bench.batches import measure_batches
+    from bench.data import sample_jpeg
+
+    image = sample_jpeg(out / "batch.jpg", size=224)
+    return measure_batches(out / "models", project_run["model_ids"][0], image, out / "batches")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def targets_for(meta: dict | None) -> list[Target]:
             lambda f: f["serving"]["c8_cpu_bound"]["vs_b8"],
         ),
         Target("/predict errors over every request", 0.0, False, lambda f: f["serving"]["errors"]),
+        Target("batch prediction images/s / raw batched forward", 0.8, True, lambda f: f["batches"]["vs_raw"]),
         Target(
             "worker: peak memory growth / (decoded dataset + model)",
             None,

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
 from finetune.errors import BrokerUnavailable, Conflict, InvalidSpec, NotFound
+from finetune.execution.batch_runner import batch_file_store, finish_batch
 from finetune.ml.spec import JobSpec
 from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
 from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
 from finetune.settings import Settings
-from finetune.states import ACTIVE_STATUSES, JobStatus
+from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 from finetune.stores.archive import ArchiveLimits
+from finetune.stores.batches import BatchFiles, BatchFileStore, BatchStore
 from finetune.stores.datasets import DatasetStore
 from finetune.stores.exports import ExportStore
 from finetune.stores.jobs import JobStore
 from finetune.stores.models import MANIFEST_FILE, ModelStore
+from finetune.stores.records import BatchSource
 
 Enqueue = Callable[[str], None]
 EnqueueExport = Callable[[str, str, str], None]  # (model_id, format, build_id)
@@ -35,6 +39,9 @@ class Service:
     enqueue: Enqueue
     exports: ExportStore | None = None
     enqueue_export: EnqueueExport | None = None
+    batches: BatchStore | None = None
+    batch_files: BatchFileStore | None = None
+    enqueue_batch: Enqueue | None = None
 
     @classmethod
     def from_settings(
@@ -44,6 +51,7 @@ class Service:
         enqueue: Enqueue,
         on_batch: BatchObserver | None = None,
         enqueue_export: EnqueueExport | None = None,
+        enqueue_batch: Enqueue | None = None,
     ) -> Service:
         """The stores and the serving cache from `settings`; `on_batch` observes every forward pass of /predict."""
         batching = BatchingOptions(
@@ -53,6 +61,7 @@ class Service:
             on_batch=on_batch,
         )
         models = ModelStore(settings.model_dir, cache_dir=settings.cache_dir)
+        jobs = JobStore.from_url(settings.redis_url)
         return cls(
             settings=settings,
             datasets=DatasetStore(
@@ -62,11 +71,14 @@ class Service:
                 max_pixels=settings.max_image_pixels,
             ),
             models=models,
-            jobs=JobStore.from_url(settings.redis_url),
+            jobs=jobs,
             predictors=PredictorCache(models, size=settings.model_cache_size, batching=batching),
             enqueue=enqueue,
             exports=ExportStore(models),
             enqueue_export=enqueue_export,
+            batches=BatchStore(jobs.redis),
+            batch_files=batch_file_store(settings),
+            enqueue_batch=enqueue_batch,
         )
 
     def delete_dataset(self, dataset_id: str) -> None:
@@ -199,3 +211,93 @@ class Service:
             )
             raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
         return record
+
+    # --- batch predictions (issue 16) -------------------------------------------------------------
+
+    def resolve_model(self, ref: str | None) -> dict:
+        """The manifest of the model `ref` names, as /predict resolves it (None: the alias `default`, else
+        the newest model); 409 when `ref` names a job that has not produced its model yet."""
+        try:
+            return self.models.resolve(ref)
+        except NotFound:
+            if ref:
+                self._refuse_unfinished_job(ref)
+            raise
+
+    def create_batch(
+        self,
+        *,
+        archive: Path | None = None,
+        archive_name: str | None = None,
+        dataset_id: str | None = None,
+        source: str | None = None,
+        model_id: str | None = None,
+        thresholds: dict[str, float] | None = None,
+        chunk_size: int | None = None,
+        **options,
+    ) -> dict:
+        """A queued batch over exactly one of an uploaded archive, a dataset or an object-store URL, sent
+        to the workers; `options`: top_k, threshold, webhook_url. The model is resolved now, so the
+        record names the concrete model whatever an alias does later."""
+        manifest = self.resolve_model(model_id)
+        unknown = sorted(set(thresholds or {}) - set(manifest["classes"]))
+        if unknown:
+            raise InvalidSpec(
+                f"unknown class(es) {', '.join(unknown)}; the model's classes are {', '.join(manifest['classes'])}"
+            )
+        batch_id, files, batch_source = self._batch_inputs(archive, archive_name, dataset_id, source)
+        try:
+            record = self.batches.create_record(
+                batch_id,
+                model_id=manifest["id"],
+                model_ref=model_id,
+                source=batch_source,
+                total=len(files.files),
+                chunk_size=chunk_size or self.settings.batch_chunk_size,
+                thresholds=thresholds,
+                **options,
+            )
+        except Exception:
+            self.batch_files.remove(batch_id)
+            raise
+        try:
+            if self.enqueue_batch is None:
+                raise RuntimeError("this service has no batch queue")
+            self.enqueue_batch(batch_id)
+        except Exception as error:
+            error_record = {"type": type(error).__name__, "message": f"could not enqueue the batch: {error}"}
+            finish_batch(self.batches, batch_id, JobStatus.FAILED, error=error_record)
+            raise BrokerUnavailable(f"the job queue is unreachable: {error}") from error
+        return record
+
+    def _batch_inputs(
+        self, archive: Path | None, archive_name: str | None, dataset_id: str | None, source: str | None
+    ) -> tuple[str, BatchFiles, BatchSource]:
+        if archive is not None:
+            batch_id, files = self.batch_files.create_from_archive(archive)
+            return batch_id, files, BatchSource(kind="archive", name=archive_name)
+        if dataset_id is not None:
+            self.datasets.get(dataset_id)
+            batch_id, files = self.batch_files.create_from_location(self.datasets.images_url(dataset_id))
+            return batch_id, files, BatchSource(kind="dataset", dataset_id=dataset_id)
+        batch_id, files = self.batch_files.create_from_location(source)
+        return batch_id, files, BatchSource(kind="url", url=source)
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        """A queued batch is cancelled at once; a running one is flagged and stops before its next part."""
+        record = self.batches.get(batch_id)
+        if record["status"] in FINAL_STATUSES:
+            raise Conflict(f"batch {batch_id!r} is already {record['status']}")
+        self.batches.flag_cancel(batch_id)
+        try:
+            return finish_batch(self.batches, batch_id, JobStatus.CANCELLED, allowed_from=frozenset({JobStatus.QUEUED}))
+        except Conflict:
+            return self.batches.get(batch_id)
+
+    def batch_results(self, batch_id: str) -> tuple[dict, Iterator[dict]]:
+        """The batch's record and its rows, one per image, in the order of its files: once it is final (a
+        cancelled or failed batch gives the rows of the parts written before it stopped); 409 while it runs."""
+        record = self.batches.get(batch_id)
+        if record["status"] not in FINAL_STATUSES:
+            raise Conflict(f"batch {batch_id!r} is {record['status']}: its results are served once it ends")
+        return record, self.batch_files.rows(batch_id)

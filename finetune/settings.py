@@ -86,6 +86,17 @@ class Settings(BaseSettings):
         description="TensorFlow threads per forward pass in the API (0: TensorFlow's default, every core)",
     )
 
+    batch_dir: str = Field(
+        default="", description="batch inputs and results: a path or s3://bucket/prefix (empty: DATA_DIR/.batches)"
+    )
+    batch_chunk_size: int = Field(
+        default=256, ge=1, le=10_000, description="images per results part of a batch (the unit of resume)"
+    )
+    batch_forward_size: int = Field(default=64, ge=1, le=1024, description="images per forward pass of a batch")
+    batch_decode_threads: int = Field(
+        default_factory=lambda: usable_cores(), ge=1, le=256, description="threads decoding a batch's images"
+    )
+
     api_keys: str = Field(default="", description="comma-separated; empty means no authentication")
     cors_origins: str = Field(default="", description="comma-separated origins; empty means CORS off")
 
@@ -96,6 +107,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def batch_store_url(self) -> str:
+        """Where batches live: BATCH_DIR, else a hidden folder of the dataset store (never listed as a dataset)."""
+        return self.batch_dir or f"{self.data_dir.rstrip('/')}/.batches"
 
     @property
     def cache(self) -> CacheLayout:

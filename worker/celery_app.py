@@ -43,9 +43,13 @@ def _claim_a_gpu(sender=None, **_):
 @worker_ready.connect
 def _start_reaper(sender=None, **_):
     from finetune.execution.reaper import start_reaper
-    from worker.tasks import run_job
+    from worker.tasks import run_batch, run_job
 
-    sender.app.finetune_reaper = start_reaper(get_settings(), enqueue=lambda job_id: run_job.delay(job_id))
+    sender.app.finetune_reaper = start_reaper(
+        get_settings(),
+        enqueue=lambda job_id: run_job.delay(job_id),
+        enqueue_batch=lambda batch_id: run_batch.delay(batch_id),
+    )
 
 
 @worker_shutting_down.connect

@@ -14,13 +14,16 @@ from finetune.execution.protocol import (
     BUILD_EXPORT_TASK,
     EXIT_DONE,
     EXIT_OWNED_ELSEWHERE,
+    RUN_BATCH_TASK,
     RUN_JOB_TASK,
+    batch_runner_command,
     exporter_command,
     runner_command,
     worker_id,
 )
 from finetune.settings import get_settings
 from finetune.states import FINAL_STATUSES, JobStatus
+from finetune.stores.batches import BatchStore
 from finetune.stores.jobs import JobStore
 from worker.celery_app import app
 
@@ -40,14 +43,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_job_process(job_id: str) -> int:
-    process = subprocess.Popen(runner_command(job_id), preexec_fn=_die_with_parent)
+def run_job_process(job_id: str, *, command=runner_command, store=JobStore) -> int:
+    process = subprocess.Popen(command(job_id), preexec_fn=_die_with_parent)
     code = process.wait()
     if code not in (EXIT_DONE, EXIT_OWNED_ELSEWHERE):
         # It died holding the job, and its heartbeat is still fresh: the next job process would take
         # the job for running elsewhere and leave it to the reaper, JOB_STALE_AFTER_S later.
-        jobs = JobStore.from_url(get_settings().redis_url)
-        jobs.release_heartbeat(job_id, worker_id(process.pid))
+        records = store.from_url(get_settings().redis_url)
+        records.release_heartbeat(job_id, worker_id(process.pid))
     return code
 
 
@@ -55,19 +58,32 @@ def run_job_process(job_id: str) -> int:
 def run_job(job_id: str) -> str:
     """Runs the job's process until the job reaches a final state; a crashed process is resumed
     from its checkpoint until the attempt limit, after which the runner marks the job failed."""
-    jobs = JobStore.from_url(get_settings().redis_url)
+    return _run_to_final(job_id, command=runner_command, store=JobStore)
+
+
+def _run_to_final(record_id: str, *, command, store) -> str:
+    """Runs `command(record_id)` in a child process again until the record (a job or a batch) is final."""
+    records = store.from_url(get_settings().redis_url)
+    kind = store.KIND
     while True:
-        code = run_job_process(job_id)
+        code = run_job_process(record_id, command=command, store=store)
         if code == EXIT_OWNED_ELSEWHERE:
-            log.info("job %s is running on another live worker; this delivery is a duplicate", job_id)
+            log.info("%s %s is running on another live worker; this delivery is a duplicate", kind, record_id)
             return "duplicate"
-        record = jobs.get(job_id)
+        record = records.get(record_id)
         if record["status"] in FINAL_STATUSES:
             if record["status"] == JobStatus.FAILED and code != EXIT_DONE:
                 error = record["error"] or {}
-                raise JobProcessFailed(f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
+                raise JobProcessFailed(f"{kind} {record_id} failed: {error.get('type')}: {error.get('message')}")
             return record["status"]
-        log.warning("job %s process exited with %s while %s; running it again", job_id, code, record["status"])
+        log.warning("%s %s process exited with %s while %s; running it again", kind, record_id, code, record["status"])
+
+
+@app.task(name=RUN_BATCH_TASK, acks_late=True, reject_on_worker_lost=True)
+def run_batch(batch_id: str) -> str:
+    """Runs the batch's process until the batch reaches a final state; a crashed process is resumed at
+    its first unwritten chunk until the attempt limit, after which the runner marks the batch failed."""
+    return _run_to_final(batch_id, command=batch_runner_command, store=BatchStore)
 
 
 # --- exports (issue 13) -------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import mimetypes
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -10,26 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.deps import ServiceDep, SettingsDep
 from app.schemas import DatasetPublic, DatasetSamples, ListPublic
-from finetune.errors import TooLarge
+from app.uploads import spool_to_disk
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-CHUNK = 1024 * 1024
-
-
-def _spool_to_disk(upload: UploadFile, directory: Path, max_bytes: int) -> Path:
-    """Copies the upload in chunks to a file of our own, refusing past `max_bytes`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(prefix=".upload-", dir=directory, delete=False)
-    written = 0
-    with handle:
-        while chunk := upload.file.read(CHUNK):
-            written += len(chunk)
-            if written > max_bytes:
-                handle.close()
-                Path(handle.name).unlink(missing_ok=True)
-                raise TooLarge(f"upload larger than {max_bytes / (1024 * 1024):g} MB")
-            handle.write(chunk)
-    return Path(handle.name)
 
 
 @router.post(
@@ -45,7 +27,7 @@ async def create_dataset(
     name: Annotated[str | None, Form(max_length=200)] = None,
 ):
     spool_dir = settings.cache.uploads
-    archive = await run_in_threadpool(_spool_to_disk, file, spool_dir, int(settings.max_upload_mb * 1024 * 1024))
+    archive = await run_in_threadpool(spool_to_disk, file, spool_dir, int(settings.max_upload_mb * 1024 * 1024))
     try:
         return await run_in_threadpool(
             service.datasets.create_from_archive,

@@ -41,3 +41,16 @@ EXPORTER_MODULE = "finetune.execution.exporter"
 def exporter_command(model_id: str, fmt: str, build_id: str) -> list[str]:
     """The command line of the process that builds one export (never the API's or the worker's own)."""
     return [sys.executable, "-m", EXPORTER_MODULE, model_id, fmt, build_id]
+
+
+# --- batch predictions (issue 16) ---------------------------------------------------------------
+
+# The Celery task that runs one batch prediction: sent by the API and the reaper, registered by the
+# worker. It goes to JOB_QUEUE: a worker runs jobs, exports and batches one at a time, in order.
+RUN_BATCH_TASK = "finetune.run_batch"
+BATCH_RUNNER_MODULE = "finetune.execution.batch_runner"
+
+
+def batch_runner_command(batch_id: str) -> list[str]:
+    """The command line of the process that runs one batch."""
+    return [sys.executable, "-m", BATCH_RUNNER_MODULE, batch_id]

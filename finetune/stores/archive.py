@@ -30,6 +30,8 @@ What `unpack_archive` guarantees and decides:
   silently turn into the classes "train" and "val". Non-image files outside
   `<class>/` are dropped; those inside a class folder are kept, for the
   dataset scanner to report.
+- `layout="any"` (a batch of images to label, not a dataset) keeps every file at its own path, at any
+  depth, with no wrapper stripped and nothing refused for its place; every other rule above holds.
 - Unpacking goes to a fresh hidden directory next to `dest_dir` (whose
   parent is created if missing), renamed into place only when everything
   succeeded; on any failure it is removed, so a refused upload leaves
@@ -61,6 +63,7 @@ from finetune.ml.images import IMAGE_EXTENSIONS
 
 ArchiveFormat = Literal["zip", "tar", "tar.gz"]
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "special"]
+Layout = Literal["classes", "any"]
 
 NESTED_ARCHIVE_SUFFIXES = (
     ".zip",
@@ -125,8 +128,11 @@ class ArchiveLimits:
         )
 
 
-def unpack_archive(archive_path: str | Path, dest_dir: str | Path, *, limits: ArchiveLimits) -> None:
-    """Unpack a dataset archive into `dest_dir` (which must not exist) as `<class>/<image>` files.
+def unpack_archive(
+    archive_path: str | Path, dest_dir: str | Path, *, limits: ArchiveLimits, layout: Layout = "classes"
+) -> None:
+    """Unpack a dataset archive into `dest_dir` (which must not exist) as `<class>/<image>` files
+    (`layout="any"`: every file at its own path).
 
     The module docstring lists what is refused, skipped and ignored.
     """
@@ -137,7 +143,7 @@ def unpack_archive(archive_path: str | Path, dest_dir: str | Path, *, limits: Ar
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:100]}.", suffix=".unpacking", dir=dest.parent))
     try:
-        _unpack_into(archive_path, archive_format, staging, limits)
+        _unpack_into(archive_path, archive_format, staging, limits, layout)
         _move_into_place(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -354,12 +360,11 @@ class _Budget:
 
 @dataclass(frozen=True)
 class _Planned:
-    class_name: str
-    file_name: str
+    parts: tuple[str, ...]
     entry: _Entry
 
 
-def _plan(entries: Iterator[_Entry], budget: _Budget) -> list[_Planned]:
+def _plan(entries: Iterator[_Entry], budget: _Budget, layout: Layout = "classes") -> list[_Planned]:
     kept: list[tuple[tuple[str, ...], _Entry]] = []
     for entry in entries:
         budget.declare(entry)
@@ -372,9 +377,10 @@ def _plan(entries: Iterator[_Entry], budget: _Budget) -> list[_Planned]:
         if _is_ignored(parts) or _has_archive_suffix(parts[-1]):
             continue
         kept.append((parts, entry))
-    planned = _apply_layout(_strip_wrapping_folder(kept))
+    planned = _apply_layout(_strip_wrapping_folder(kept)) if layout == "classes" else _keep_paths(kept)
     if not planned:
-        raise BadArchive("archive is empty: it holds no files in <class>/<image> folders")
+        where = "in <class>/<image> folders" if layout == "classes" else "to read"
+        raise BadArchive(f"archive is empty: it holds no files {where}")
     budget.check_file_count(len(planned))
     return planned
 
@@ -445,16 +451,33 @@ def _strip_wrapping_folder(
 
 def _apply_layout(kept: list[tuple[tuple[str, ...], _Entry]]) -> list[_Planned]:
     planned: list[_Planned] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for parts, entry in kept:
         if len(parts) != 2:
             _refuse_misplaced_image(parts, entry)
             continue
-        if parts in seen:
-            raise BadArchive(f"entry {_show(entry.name)} appears more than once")
-        seen.add(parts)
-        planned.append(_Planned(parts[0], parts[1], entry))
+        _refuse_duplicate(parts, entry, seen)
+        planned.append(_Planned(parts, entry))
     return planned
+
+
+def _keep_paths(kept: list[tuple[tuple[str, ...], _Entry]]) -> list[_Planned]:
+    """Every file at its own path (`layout="any"`); a path that is both a file and a folder is refused."""
+    planned: list[_Planned] = []
+    seen: set[tuple[str, ...]] = set()
+    folders = {parts[:depth] for parts, _ in kept for depth in range(1, len(parts))}
+    for parts, entry in kept:
+        if parts in folders:
+            raise BadArchive(f"entry {_show(entry.name)} is both a file and a folder")
+        _refuse_duplicate(parts, entry, seen)
+        planned.append(_Planned(parts, entry))
+    return planned
+
+
+def _refuse_duplicate(parts: tuple[str, ...], entry: _Entry, seen: set[tuple[str, ...]]) -> None:
+    if parts in seen:
+        raise BadArchive(f"entry {_show(entry.name)} appears more than once")
+    seen.add(parts)
 
 
 def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry) -> None:
@@ -474,28 +497,30 @@ def _refuse_misplaced_image(parts: tuple[str, ...], entry: _Entry) -> None:
 # --- extract --------------------------------------------------------------------------------
 
 
-def _unpack_into(archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits) -> None:
+def _unpack_into(
+    archive_path: Path, archive_format: ArchiveFormat, staging: Path, limits: ArchiveLimits, layout: Layout
+) -> None:
     packed_size = archive_path.stat().st_size
     budget = _Budget(limits, packed_size)
     with _open_reader(archive_path, archive_format, limits, packed_size) as reader:
         with _reading_archive():
-            planned = _plan(reader.entries(), budget)
+            planned = _plan(reader.entries(), budget, layout)
         written = sum(_extract_one(reader, item, staging, budget) for item in planned)
     if written == 0:
         raise BadArchive("archive is empty: it holds nothing but nested archives")
 
 
 def _extract_one(reader: _ZipReader | _TarReader, item: _Planned, staging: Path, budget: _Budget) -> int:
-    """Copy one entry into `staging/<class>/<file>`; 0 when it turns out to be a nested archive."""
+    """Copy one entry into `staging/<its path>`; 0 when it turns out to be a nested archive."""
     with _reading_archive():
         source = reader.open(item.entry.handle)
     with source:
         chunk = _read_chunk(source)
         if _has_archive_magic(chunk):
             return 0
-        class_dir = staging / item.class_name
-        class_dir.mkdir(exist_ok=True)
-        with open(class_dir / item.file_name, "xb") as target:
+        target_path = staging.joinpath(*item.parts)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(target_path, "xb") as target:
             while chunk:
                 budget.write(len(chunk))
                 target.write(chunk)

@@ -80,6 +80,10 @@ class DatasetStore:
         )
         shutil.rmtree(self.cache_dir / dataset_id, ignore_errors=True)
 
+    def images_url(self, dataset_id: str) -> str:
+        """Where the dataset's images are, as a path or an object-store URL (for reading them in place)."""
+        return self.location.url_of(dataset_id, IMAGES)
+
     def images_dir(self, dataset_id: str) -> Path:
         """A local folder of the dataset's images, copied into the local cache when the store is remote."""
         self.get(dataset_id)

@@ -48,8 +48,17 @@ def eta_seconds(started_at: str | None, progress: float, *, now: float | None = 
 
 
 class JobStore:
+    """Records in Redis, one hash each plus an index; subclasses keep other kinds (batches) the same way."""
+
+    KIND = "job"
+    KEY_PREFIX = "finetune:job:"
+    INDEX_KEY = INDEX_KEY
+
     def __init__(self, client: redis.Redis):
         self.redis = client
+
+    def key(self, record_id: str) -> str:
+        return f"{self.KEY_PREFIX}{record_id}"
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -72,33 +81,37 @@ class JobStore:
             raise BrokerUnavailable(f"Redis is unreachable: {error}") from error
 
     def create(self, spec: JobSpec) -> dict:
-        record = new_job_record(spec)
+        return self.insert(new_job_record(spec))
+
+    def insert(self, record: dict) -> dict:
+        """Store a new record, queued, in the index by its creation time."""
         created = datetime.fromisoformat(record["created_at"]).timestamp()
 
         def write():
             pipe = self.redis.pipeline()
             pipe.hset(
-                job_key(record["id"]), mapping={"record": json.dumps(record), "status": JobStatus.QUEUED, "cancel": "0"}
+                self.key(record["id"]),
+                mapping={"record": json.dumps(record), "status": JobStatus.QUEUED, "cancel": "0"},
             )
-            pipe.zadd(INDEX_KEY, {record["id"]: created})
+            pipe.zadd(self.INDEX_KEY, {record["id"]: created})
             pipe.execute()
 
         self._guard(write)
         return record
 
     def get(self, job_id: str) -> dict:
-        check_id(job_id, kind="job")
-        raw = self._guard(lambda: self.redis.hget(job_key(job_id), "record"))
+        check_id(job_id, kind=self.KIND)
+        raw = self._guard(lambda: self.redis.hget(self.key(job_id), "record"))
         if raw is None:
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"{self.KIND} {job_id!r} not found")
         return json.loads(raw)
 
     def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
         def read():
-            ids = self.redis.zrevrange(INDEX_KEY, 0, limit - 1)
+            ids = self.redis.zrevrange(self.INDEX_KEY, 0, limit - 1)
             pipe = self.redis.pipeline()
             for job_id in ids:
-                pipe.hget(job_key(job_id), "record")
+                pipe.hget(self.key(job_id), "record")
             return pipe.execute()
 
         records = [json.loads(raw) for raw in self._guard(read) if raw]
@@ -111,16 +124,16 @@ class JobStore:
             with self.redis.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(job_key(job_id))
-                        raw = pipe.hget(job_key(job_id), "record")
+                        pipe.watch(self.key(job_id))
+                        raw = pipe.hget(self.key(job_id), "record")
                         if raw is None:
-                            raise NotFound(f"job {job_id!r} not found")
+                            raise NotFound(f"{self.KIND} {job_id!r} not found")
                         record = json.loads(raw)
                         if allowed_from is not None and record["status"] not in allowed_from:
-                            raise Conflict(f"job {job_id!r} is {record['status']}")
+                            raise Conflict(f"{self.KIND} {job_id!r} is {record['status']}")
                         record.update(patch)
                         pipe.multi()
-                        pipe.hset(job_key(job_id), mapping={"record": json.dumps(record), "status": record["status"]})
+                        pipe.hset(self.key(job_id), mapping={"record": json.dumps(record), "status": record["status"]})
                         pipe.execute()
                         return record
                     except redis.WatchError:
@@ -132,8 +145,8 @@ class JobStore:
         """A queued job is cancelled at once; a running one is flagged and stops at its next batch."""
         record = self.get(job_id)
         if record["status"] in FINAL_STATUSES:
-            raise Conflict(f"job {job_id!r} is already {record['status']}")
-        self._guard(lambda: self.redis.hset(job_key(job_id), "cancel", "1"))
+            raise Conflict(f"{self.KIND} {job_id!r} is already {record['status']}")
+        self.flag_cancel(job_id)
         try:
             return self.update(
                 job_id,
@@ -143,11 +156,15 @@ class JobStore:
         except Conflict:
             return self.get(job_id)
 
+    def flag_cancel(self, job_id: str) -> None:
+        """Ask the process running it to stop (it checks between steps)."""
+        self._guard(lambda: self.redis.hset(self.key(job_id), "cancel", "1"))
+
     def cancel_requested(self, job_id: str) -> bool:
-        return self._guard(lambda: self.redis.hget(job_key(job_id), "cancel")) == "1"
+        return self._guard(lambda: self.redis.hget(self.key(job_id), "cancel")) == "1"
 
     def heartbeat(self, job_id: str, worker: str) -> None:
-        self._guard(lambda: self.redis.hset(job_key(job_id), mapping={"heartbeat": time.time(), "worker": worker}))
+        self._guard(lambda: self.redis.hset(self.key(job_id), mapping={"heartbeat": time.time(), "worker": worker}))
 
     def release_heartbeat(self, job_id: str, worker: str) -> bool:
         """Forget the heartbeat `worker` wrote, once it is known dead, so the job can be run again at
@@ -157,12 +174,12 @@ class JobStore:
             with self.redis.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(job_key(job_id))
-                        if pipe.hget(job_key(job_id), "worker") != worker:
+                        pipe.watch(self.key(job_id))
+                        if pipe.hget(self.key(job_id), "worker") != worker:
                             pipe.unwatch()
                             return False
                         pipe.multi()
-                        pipe.hdel(job_key(job_id), "heartbeat")
+                        pipe.hdel(self.key(job_id), "heartbeat")
                         pipe.execute()
                         return True
                     except redis.WatchError:
@@ -171,7 +188,7 @@ class JobStore:
         return self._guard(attempt)
 
     def last_heartbeat(self, job_id: str) -> float | None:
-        value = self._guard(lambda: self.redis.hget(job_key(job_id), "heartbeat"))
+        value = self._guard(lambda: self.redis.hget(self.key(job_id), "heartbeat"))
         return float(value) if value else None
 
     def jobs_on_dataset(self, dataset_id: str) -> list[dict]:
@@ -188,5 +205,5 @@ class JobStore:
         return counts
 
     def delete(self, job_id: str) -> None:
-        self._guard(lambda: self.redis.delete(job_key(job_id)))
-        self._guard(lambda: self.redis.zrem(INDEX_KEY, job_id))
+        self._guard(lambda: self.redis.delete(self.key(job_id)))
+        self._guard(lambda: self.redis.zrem(self.INDEX_KEY, job_id))

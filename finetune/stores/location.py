@@ -30,6 +30,11 @@ class Location:
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
+    def url_of(self, *parts: str) -> str:
+        """`path(*parts)` as a URL another Location opens: a local path, or with its protocol (`s3://...`)."""
+        path = self.path(*parts)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
     def local_path(self, *parts: str) -> Path:
         return Path(self.path(*parts))
 

@@ -204,3 +204,51 @@ class ExportRecord(Record):
     @classmethod
     def new(cls, model_id: str, fmt: str) -> ExportRecord:
         return cls(id=new_id(), model_id=model_id, format=fmt, status=JobStatus.QUEUED, created_at=now_iso())
+
+
+# --- batch predictions (issue 16) -------------------------------------------------------------------
+
+BatchSourceKind = Literal["archive", "dataset", "url"]
+
+
+class BatchSource(BaseModel):
+    """What a batch labels: an uploaded archive (`name`: its file name), a dataset, or an object-store URL."""
+
+    kind: BatchSourceKind
+    dataset_id: str | None = None
+    url: str | None = None
+    name: str | None = None
+
+
+class BatchCounts(BaseModel):
+    total: int = Field(description="images (files) in the batch")
+    done: int = Field(default=0, description="images with a results row, labelled or not")
+    errors: int = Field(default=0, description="rows carrying the error their image got")
+    chunks: int = Field(description="results parts in all")
+    chunks_done: int = 0
+
+
+class BatchRecord(Record):
+    """A batch prediction as Redis keeps it and `GET /batches/{id}` shows it."""
+
+    id: str
+    status: JobStatus
+    model_id: str = Field(description="the concrete model, resolved from the id or alias asked for")
+    model_ref: str | None = Field(default=None, description="the id or alias asked for (None: the default)")
+    source: BatchSource
+    top_k: int
+    threshold: float | None = None
+    thresholds: dict[str, float] | None = Field(default=None, description="per-class, over the model's own")
+    chunk_size: int
+    counts: BatchCounts
+    progress: float = Field(default=0.0, description="0..1: images done over images in all")
+    eta_seconds: float | None = None
+    images_per_second: float | None = Field(default=None, description="measured in the current or last attempt")
+    webhook_url: str | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    worker: str | None = Field(default=None, description="host:pid of the process running it")
+    resumed_at_chunk: int | None = Field(default=None, description="the first chunk the latest attempt ran")
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None

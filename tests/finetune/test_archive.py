@@ -114,9 +114,9 @@ class Scene:
     def archive(self, name: str) -> Path:
         return self.uploads / name
 
-    def unpack(self, archive_path: Path, limits: ArchiveLimits = ROOMY) -> None:
+    def unpack(self, archive_path: Path, limits: ArchiveLimits = ROOMY, layout: str = "classes") -> None:
         self.before = snapshot(self.root)
-        unpack_archive(archive_path, self.dest, limits=limits)
+        unpack_archive(archive_path, self.dest, limits=limits, layout=layout)
 
     def unpacked(self) -> dict[str, bytes]:
         return {
@@ -662,3 +662,51 @@ def test_any_archive_unpacks_inside_dest_or_is_refused_cleanly(
                 assert not written.is_symlink()
                 assert os.path.realpath(written).startswith(real_dest + os.sep)
                 assert len(written.relative_to(scene.dest).parts) <= 2
+
+
+# --- layout="any": a batch's images at their own paths (issue 16) ------------------------------------
+
+
+def test_any_layout_keeps_every_file_at_its_path(tmp_path):
+    entries = {
+        "top.png": RED_PNG,
+        "trip/day1/deep/blue.png": BLUE_PNG,
+        "trip/notes.txt": b"kept: a batch labels (or reports) every file",
+        "trip/.hidden.png": RED_PNG,
+        "__MACOSX/trip/._blue.png": b"",
+    }
+    dest = tmp_path / "inputs"
+    unpack_archive(write_zip(tmp_path / "a.zip", entries), dest, limits=ROOMY, layout="any")
+    found = sorted(str(path.relative_to(dest)) for path in dest.rglob("*") if path.is_file())
+    assert found == ["top.png", "trip/day1/deep/blue.png", "trip/notes.txt"]
+    assert (dest / "trip/day1/deep/blue.png").read_bytes() == BLUE_PNG
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ({"a/../../evil.png": RED_PNG}, r"outside the archive"),
+        ({"/abs.png": RED_PNG}, "absolute path"),
+        ({"a.png": RED_PNG, "a.png/b.png": RED_PNG}, "both a file and a folder"),
+    ],
+)
+def test_any_layout_refuses_what_a_dataset_upload_refuses(scene, entries, match):
+    path = write_zip(scene.archive("bad.zip"), entries)
+    with pytest.raises(BadArchive, match=match):
+        scene.unpack(path, layout="any")
+    scene.assert_refused_cleanly()
+
+
+def test_any_layout_refuses_links(scene):
+    infos = [(zipfile.ZipInfo("x/a.png"), RED_PNG), (zip_info("x/link.png", stat.S_IFLNK, 0o777), b"/etc/passwd")]
+    with pytest.raises(BadArchive, match="symbolic link"):
+        scene.unpack(zip_with_infos(scene.archive("link.zip"), infos), layout="any")
+    scene.assert_refused_cleanly()
+
+
+def test_any_layout_caps_the_file_count(scene):
+    entries = {f"x/{n}.png": RED_PNG for n in range(5)}
+    small = ArchiveLimits(max_bytes=50_000_000, max_files=3, max_ratio=200.0)
+    with pytest.raises(TooLarge):
+        scene.unpack(write_zip(scene.archive("many.zip"), entries), small, layout="any")
+    scene.assert_refused_cleanly()
