@@ -221,8 +221,10 @@ class Client:
         api_key: str | None = None,
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        events_read_timeout: float = EVENTS_READ_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
     ):
+        self.events_read_timeout = events_read_timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
 
@@ -288,7 +290,7 @@ class Client:
 
     def create_job(self, dataset_id: str, spec: Mapping[str, Any] | BaseModel | None = None, **fields) -> JobRecord:
         """Start a job on the dataset: `spec` (a mapping, or a `TrainingSpec`) with `fields` over it, e.g.
-        `create_job(id, backbone="mobilenet", warmup={"epochs": 5})`. The server validates it (`Invalid`, 422)."""
+        `create_job(id, backbone="mobilenet", warmup={"epochs": 5}, webhook_url=...)`. The server validates it (`Invalid`, 422)."""
         if isinstance(spec, BaseModel):
             spec = spec.model_dump(mode="json", exclude_unset=True)
         body = {**(spec or {}), **fields, "dataset_id": dataset_id}
@@ -311,7 +313,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         last: JobRecord | None = None
         while True:
-            read_timeout = EVENTS_READ_TIMEOUT_S
+            read_timeout = self.events_read_timeout
             if deadline is not None:
                 read_timeout = max(0.1, min(read_timeout, deadline - time.monotonic()))
             try:

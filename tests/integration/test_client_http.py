@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from finetune.client import ApiError, Client, Invalid, JobFailed, NotFound, Unauthorized
 from finetune.states import JobStatus
@@ -154,6 +155,33 @@ def test_errors_carry_the_status_and_the_detail(api, uploaded):
         api.alias("no-such-alias")
     with pytest.raises(FileNotFoundError):
         api.upload_dataset("/no/such/folder")
+
+
+@pytest.fixture(scope="module")
+def quiet_api(live_service, redis_db, tmp_path_factory, tiny_dataset_zip):
+    """A second API (its httpx client, `.process` its process) on the live service's stores but a Redis
+    database where no worker listens: its jobs stay queued, their event streams quiet but for the keep-alive."""
+    redis.Redis.from_url(redis_db).flushdb()
+    with live_service.extra_api(tmp_path_factory.mktemp("client-quiet-api"), REDIS_URL=redis_db) as http:
+        yield http
+    redis.Redis.from_url(redis_db).flushdb()
+
+
+def test_watch_reopens_a_quiet_stream_and_gives_up_at_its_timeout(quiet_api, tiny_dataset_zip):
+    """A read timeout far below the server's 15 s keep-alive: the stream is opened again and again until
+    the deadline; the job, unchanged, is yielded once."""
+    with Client(str(quiet_api.base_url), events_read_timeout=0.5) as api:
+        dataset = api.upload_dataset(tiny_dataset_zip)
+        job = api.create_job(dataset.id, tiny_spec(dataset.id))
+        seen = []
+        with pytest.raises(TimeoutError, match=job.id):
+            for state in api.watch(job.id, timeout=3):
+                seen.append(state)
+        assert [state.status for state in seen] == [JobStatus.QUEUED]
+        assert quiet_api.process.output().count(f"GET /jobs/{job.id}/events") >= 2  # the stream was reopened
+        with pytest.raises(TimeoutError):
+            api.wait(job.id, timeout=1)
+        assert api.job(job.id).status == JobStatus.QUEUED
 
 
 def test_wait_raises_job_failed_on_a_cancelled_job(api, uploaded):
