@@ -81,7 +81,7 @@ def command_train(args) -> int:
     from finetune.settings import get_settings
     from finetune.stores.models import ModelStore
 
-    spec_data = json.loads(Path(args.spec).read_text()) if args.spec else {}
+    spec_data = args.spec or {}
     try:
         spec = TrainingSpec.model_validate(apply_assignments(spec_data, args.set or []))
     except ValidationError as error:
@@ -207,6 +207,19 @@ def _export_dataset(given: str | None, manifest: dict, data_dir: str) -> tuple[P
     return candidate, None
 
 
+def read_spec_file(path: str) -> dict:
+    """``--spec``: a readable file holding one JSON object, else argparse's usage error (exit 2)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from error
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{path} is not JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
 # --- finetune remote: the Python client (finetune/client.py) from the shell ---------------------------
 
 
@@ -240,8 +253,7 @@ def remote_upload(api, args):
 
 
 def remote_create_job(api, args):
-    spec = json.loads(Path(args.spec).read_text()) if args.spec else {}
-    return api.create_job(args.dataset_id, apply_assignments(spec, args.set or []))
+    return api.create_job(args.dataset_id, apply_assignments(args.spec or {}, args.set or []))
 
 
 def remote_watch(api, args):
@@ -335,7 +347,7 @@ def add_remote_commands(commands) -> None:
     jobs = actions("jobs", "create, list, get, cancel, watch, wait")
     create = jobs.add_parser("create", help="start a job on a dataset; prints it")
     create.add_argument("dataset_id")
-    create.add_argument("--spec", help="a JSON job spec")
+    create.add_argument("--spec", type=read_spec_file, help="a JSON job spec file")
     create.add_argument("--set", action="append", type=parse_assignment, metavar="KEY=VALUE", help="as for train")
     jobs.add_parser("list").add_argument("--status")
     for action, help in (
@@ -376,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser("train", help="train a model on a class-per-folder dataset")
     train_parser.add_argument("dataset", help="folder of <class>/<image> files")
-    train_parser.add_argument("--spec", help="a JSON job spec (defaults: the seed's recipe)")
+    train_parser.add_argument("--spec", type=read_spec_file, help="a JSON job spec file (defaults: the seed's recipe)")
     train_parser.add_argument(
         "--set",
         action="append",

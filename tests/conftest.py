@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +15,8 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker  # noqa: E402
-from finetune.settings import Settings  # noqa: E402
 from tests.helpers import make_dataset_zip  # noqa: E402
+from tests.processes import isolated_env  # noqa: E402
 
 
 class RedisServer:
@@ -90,21 +89,8 @@ def redis_db(redis_databases, request) -> str:
 def service_env(tmp_path_factory, redis_databases) -> dict[str, str]:
     """Environment for child processes: this session's Redis and directories, no stray settings."""
     root = tmp_path_factory.mktemp("service")
-    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
-    env.update(
-        REDIS_URL=redis_databases.url(RedisDatabases.LIVE_SERVICE),
-        MODEL_DIR=str(root / "models"),
-        DATA_DIR=str(root / "data"),
-        CACHE_DIR=str(root / "cache"),
-        KERAS_HOME=str(root / "keras"),
-        CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JOB_STALE_AFTER_S="10",
-        HEARTBEAT_S="1",
-    )
-    for key in ("MODEL_DIR", "DATA_DIR", "CACHE_DIR", "KERAS_HOME"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
-    return env
+    redis_url = redis_databases.url(RedisDatabases.LIVE_SERVICE)
+    return isolated_env(root, REDIS_URL=redis_url, JOB_STALE_AFTER_S="10", HEARTBEAT_S="1")
 
 
 class LiveService:

@@ -11,13 +11,13 @@ import pytest
 import redis
 
 from finetune.launcher import (
-    PROJECT_ROOT,
     ManagedProcess,
     find_redis_server,
     free_port,
     http_status,
     start_redis,
 )
+from tests.processes import announced_service, isolated_env, python_module
 
 
 def pid_exists(pid: int) -> bool:
@@ -88,60 +88,21 @@ def wait_until_dead(pid: int, timeout: float) -> bool:
 @pytest.mark.integration
 def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"REDIS_URL", "MODEL_DIR", "DATA_DIR", "CACHE_DIR", "PORT"}
-    }
-    env.update(
-        PORT=str(port),
-        MODEL_DIR=str(tmp_path / "models"),
-        DATA_DIR=str(tmp_path / "data"),
-        CACHE_DIR=str(tmp_path / "cache"),
-        KERAS_HOME=str(tmp_path / "keras"),
-        CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    log = tmp_path / "launcher.log"
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "finetune.launcher"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    children: list[psutil.Process] = []
-    try:
-        # up once the launcher itself has seen the API answer and printed where it is (the API may
-        # answer a moment before the launcher's own check does)
-        deadline = time.monotonic() + 300  # a hang guard
-        while f"http://127.0.0.1:{port}/docs" not in log.read_text():
-            assert launcher.poll() is None, f"launcher exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "API not up within 300 s"
-            time.sleep(0.5)
+    env = isolated_env(tmp_path, PORT=str(port))
+    argv = python_module("finetune.launcher")
+    with announced_service(argv, env, tmp_path / "launcher.log", port) as (launcher, children):
         assert http_status(f"http://127.0.0.1:{port}/healthz") == 200
-        children = psutil.Process(launcher.pid).children(recursive=True)
         assert {"redis", "celery", "uvicorn"} <= {_role(child) for child in children}
 
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=120)  # a hang guard
-        output = log.read_text()
+        output = (tmp_path / "launcher.log").read_text()
         assert launcher.returncode == 0, output
         survivors = [child.pid for child in children if pid_exists(child.pid)]
         assert survivors == []
         assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or any(
             (tmp_path / "data" / "redis").glob("appendonly*")
         )
-    finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
-        for child in children:
-            if child.is_running():
-                child.kill()
 
 
 def _role(process: psutil.Process) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 
 from finetune.launcher import ManagedProcess, free_port, start_api, start_redis, start_worker
-from finetune.settings import Settings
 from tests.helpers import (
     assert_same_probabilities,
     learnable_spec,
@@ -22,6 +21,7 @@ from tests.helpers import (
     reference_results,
     top_label,
 )
+from tests.processes import isolated_env
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 JOB_TIMEOUT_S = 420.0  # a tiny job on a busy 2-core CPU, TensorFlow start-up included
@@ -242,21 +242,7 @@ def child_env(base: dict[str, str], **overrides: str) -> dict[str, str]:
 
 def clean_env(root: Path, redis_url: str) -> dict[str, str]:
     """Like the session's `service_env`, for a private stack under `root`."""
-    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
-    env.update(
-        REDIS_URL=redis_url,
-        MODEL_DIR=str(root / "models"),
-        DATA_DIR=str(root / "data"),
-        CACHE_DIR=str(root / "cache"),
-        KERAS_HOME=str(root / "keras"),
-        CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JOB_STALE_AFTER_S="10",
-        HEARTBEAT_S="1",
-    )
-    for key in ("MODEL_DIR", "DATA_DIR", "CACHE_DIR", "KERAS_HOME"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
-    return env
+    return isolated_env(root, REDIS_URL=redis_url, JOB_STALE_AFTER_S="10", HEARTBEAT_S="1")
 
 
 class Stack:

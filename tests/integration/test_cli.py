@@ -6,12 +6,10 @@ ran (a spec that does not validate, an unknown backbone, not a model folder, a u
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,7 @@ import pytest
 
 from finetune.launcher import free_port
 from tests.helpers import LEARNABLE_SPEC, make_image, make_image_bytes, top_label
+from tests.processes import announced_service, isolated_env, python_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,17 +27,7 @@ HANG_GUARD_S = 600
 
 
 def cli_env(root: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "MODEL_DIR", "DATA_DIR", "CACHE_DIR", "PORT"}}
-    env.update(
-        MODEL_DIR=str(root / "models"),
-        DATA_DIR=str(root / "data"),
-        CACHE_DIR=str(root / "cache"),
-        KERAS_HOME=str(root / "keras"),
-        CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        **extra,
-    )
-    return env
+    return isolated_env(root, **extra)
 
 
 def finetune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -182,41 +171,16 @@ def test_layers_lists_a_backbone_and_refuses_an_unknown_one(workspace):
 def test_serve_runs_the_service_and_stops_with_exit_code_0(workspace, redis_db, tmp_path):
     port = free_port()
     env = cli_env(tmp_path, REDIS_URL=redis_db, PORT=str(port))
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "finetune.cli", "serve"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    children: list[psutil.Process] = []
-    try:
-        # up once it has printed where the API is (after its own check that the API answers)
-        deadline = time.monotonic() + HANG_GUARD_S
-        while f"http://127.0.0.1:{port}/docs" not in log.read_text():
-            assert serve.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the service did not come up (hang guard)"
-            time.sleep(0.5)
-        children = psutil.Process(serve.pid).children(recursive=True)
+    argv = python_module("finetune.cli", "serve")
+    with announced_service(argv, env, tmp_path / "serve.log", port, hang_guard_s=HANG_GUARD_S) as (serve, children):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             assert client.get("/healthz").status_code == 200
             assert client.get("/models").json()["data"] == []
             assert client.get("/readyz").status_code == 200
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=HANG_GUARD_S)
-        assert serve.returncode == 0, log.read_text()
+        assert serve.returncode == 0, (tmp_path / "serve.log").read_text()
         assert not [child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
-    finally:
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait()
-        for child in children:
-            if child.is_running():
-                child.kill()
 
 
 def test_serve_exits_1_when_its_port_is_taken(redis_db, tmp_path):

@@ -2,7 +2,7 @@
 //
 // Paths are relative ("datasets", not "/datasets") so the dashboard also works behind a path prefix.
 
-import { formatDetail } from "./ui.js";
+import { formatDetail, notifyError } from "./ui.js";
 
 const KEY_STORAGE = "finetune.apiKey";
 const MAX_KEY_TRIES = 3;
@@ -264,4 +264,34 @@ export async function readEvents(path, { onEvent, signal }) {
 export async function blobUrl(path, { signal } = {}) {
   const res = await request(path, { raw: true, signal, headers: { Accept: "*/*" } });
   return URL.createObjectURL(await res.blob());
+}
+
+/**
+ * Download a file with the key while `button` shows it is busy: the name from the
+ * response's Content-Disposition, else `fallbackName`; failures are notified.
+ */
+export async function downloadWith(button, path, fallbackName) {
+  const label = button.textContent;
+  button.disabled = true;
+  button.textContent = "Downloading…";
+  try {
+    const res = await request(path, { raw: true, headers: { Accept: "*/*" } });
+    const blob = await res.blob();
+    const disposition = res.headers.get("Content-Disposition") || "";
+    const match = /filename\*=UTF-8''([^;]+)|filename="?([^";]+)"?/i.exec(disposition);
+    const url = URL.createObjectURL(blob);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = match ? decodeURIComponent(match[1] || match[2]) : fallbackName;
+    a.hidden = true;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (err) {
+    notifyError(err, "Download failed");
+  } finally {
+    button.disabled = false;
+    button.textContent = label;
+  }
 }

@@ -1,7 +1,7 @@
 // The exports panel of the model page (issue 13): build buttons per format, each build's status, its
 // parity with the served model, the int8 flag and the download. Polls while a build is queued or running.
 
-import { api, request } from "../api.js";
+import { api, downloadWith } from "../api.js";
 import { DASH, FINAL_STATUSES, fmtBytes, fmtDuration, fmtNum, fmtPct, h, notifyError, statusBadge, table } from "../ui.js";
 
 const FORMATS = [
@@ -77,7 +77,7 @@ export function exportsPanel(ctx, model) {
         }
         if (r && r.status === "succeeded") {
           const d = h("button", { type: "button", class: "btn", "data-testid": `export-download-${format}` }, "Download");
-          d.addEventListener("click", () => download(`${base}/${format}/download`, `${model.id}-${r.file || format}`, d));
+          d.addEventListener("click", () => downloadWith(d, `${base}/${format}/download`, `${model.id}-${r.file || format}`));
           actions.append(d);
         }
         const notes = [];
@@ -107,24 +107,4 @@ export function exportsPanel(ctx, model) {
     h("p", { class: "hint" }, "Built by a worker. Agreement is the share of held-out images on which the export's top-1 label is the served model's (float exports should reach 99.9%, int8 is flagged below 98%)."),
     body,
   );
-}
-
-async function download(path, fallbackName, button) {
-  button.disabled = true;
-  try {
-    const res = await request(path, { raw: true, headers: { Accept: "*/*" } });
-    const blob = await res.blob();
-    const disposition = res.headers.get("Content-Disposition") || "";
-    const match = /filename\*=UTF-8''([^;]+)|filename="?([^";]+)"?/i.exec(disposition);
-    const url = URL.createObjectURL(blob);
-    const a = h("a", { href: url, download: match ? decodeURIComponent(match[1] || match[2]) : fallbackName, hidden: true });
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  } catch (err) {
-    notifyError(err, "Download failed");
-  } finally {
-    button.disabled = false;
-  }
 }

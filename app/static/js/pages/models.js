@@ -1,6 +1,6 @@
 // #/models (list) and #/models/{id} (reports, confusion matrix, timings, curves, download, delete, try it, exports).
 
-import { api, items, request } from "../api.js";
+import { api, downloadWith, items } from "../api.js";
 import { trainingCurves } from "../charts.js";
 import { aliasBadges, aliasPanel, loadAliases } from "./aliases.js";
 import { cellImages, heatmapToggle, precisionRecall } from "./evaluation.js";
@@ -88,7 +88,7 @@ export async function modelPage(root, ctx, [id]) {
 
   const downloadBtn = h("button", { type: "button", class: "btn", id: "model-download", "data-testid": "model-download" }, "Download model");
   const deleteBtn = h("button", { type: "button", class: "btn btn-danger", id: "model-delete", "data-testid": "model-delete" }, "Delete model");
-  downloadBtn.addEventListener("click", () => download(m, downloadBtn));
+  downloadBtn.addEventListener("click", () => downloadWith(downloadBtn, `models/${encodeURIComponent(m.id)}/download`, `model-${m.id}.keras`));
   deleteBtn.addEventListener("click", async () => {
     const pointing = aliases.filter((a) => a.model_id === m.id).map((a) => a.name);
     const also = pointing.length ? ` The aliases ${pointing.join(", ")} that point to it are deleted too.` : "";
@@ -167,30 +167,6 @@ export async function modelPage(root, ctx, [id]) {
   root.append(
     h("section", { class: "card" }, h("details", {}, h("summary", {}, "Job spec"), h("pre", { class: "code", "data-testid": "model-spec" }, JSON.stringify(m.spec, null, 2)))),
   );
-}
-
-async function download(m, button) {
-  button.disabled = true;
-  const label = button.textContent;
-  button.textContent = "Downloading…";
-  try {
-    const res = await request(`models/${encodeURIComponent(m.id)}/download`, { raw: true, headers: { Accept: "*/*" } });
-    const blob = await res.blob();
-    const disposition = res.headers.get("Content-Disposition") || "";
-    const match = /filename\*=UTF-8''([^;]+)|filename="?([^";]+)"?/i.exec(disposition);
-    const name = match ? decodeURIComponent(match[1] || match[2]) : `model-${m.id}.keras`;
-    const url = URL.createObjectURL(blob);
-    const a = h("a", { href: url, download: name, hidden: true });
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  } catch (err) {
-    notifyError(err, "Download failed");
-  } finally {
-    button.disabled = false;
-    button.textContent = label;
-  }
 }
 
 // ---------------------------------------------------------------- reports and the confusion matrix
