@@ -184,9 +184,11 @@ def csv_header(top_k: int) -> list[str]:
     return ["path", "label", "abstained", "error_type", "error_message", *ranked]
 
 
-def csv_row(row: dict) -> list:
+def csv_row(row: dict, top_k: int) -> list:
+    """One image's line, as wide as the header (empty cells past the classes it has, or all, for an error)."""
     error = row["error"] or {}
     ranked = [value for p in row["predictions"] for value in (p["label"], p["probability"])]
+    ranked += [""] * (2 * top_k - len(ranked))
     return [row["path"], row["label"] or "", row["abstained"], error.get("type", ""), error.get("message", ""), *ranked]
 
 
@@ -196,7 +198,7 @@ def csv_lines(rows: Iterable[dict], *, top_k: int) -> Iterator[str]:
     writer = csv.writer(buffer)
     writer.writerow(csv_header(top_k))
     for row in rows:
-        writer.writerow(csv_row(row))
+        writer.writerow(csv_row(row, top_k))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from finetune.errors import NotFound, TooLarge
+from finetune.errors import InvalidSpec, NotFound, TooLarge
 from finetune.ids import check_id, new_id, now_iso
 from finetune.states import JobStatus
 from finetune.stores.archive import ArchiveLimits, unpack_archive
@@ -84,9 +84,7 @@ class BatchFileStore:
     def __init__(self, url: str | Path, *, cache_dir: str | Path, limits: ArchiveLimits):
         self.location = Location(str(url))
         self.cache_dir = Path(cache_dir) / "batches"
-        self.limits = limits
-        if self.location.is_local:
-            Path(self.location.root).mkdir(parents=True, exist_ok=True)
+        self.limits = limits  # folders are made on first write: an API that makes no batch leaves no trace
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -116,6 +114,8 @@ class BatchFileStore:
             found = source.fs.find(root)
         except FileNotFoundError:
             found = []
+        except Exception as error:  # no credentials, access denied, an unreachable endpoint: the caller's to fix
+            raise InvalidSpec(f"cannot list {url}: {type(error).__name__}: {error}") from error
         relative = sorted(
             name
             for name in (str(path)[len(root) + 1 :] for path in found if str(path).startswith(root + "/"))

@@ -111,3 +111,25 @@ def test_raw_predictor_measures_both_thread_set_ups_in_a_child(tmp_path):
         figures = measure_in_child(tmp_path, manifest["id"], threads=threads, streams=streams)
         assert (figures["threads"], figures["streams"]) == (threads, streams)
         assert figures["latency_b1_ms"] > 0 and figures["forward_b8_ips"] > 0
+
+
+@pytest.mark.slow
+def test_batch_bench_runs_the_batch_runner_and_the_raw_forward_side_by_side(tmp_path):
+    from bench.batches import measure_batches
+    from finetune.stores.models import ModelStore
+    from tests.finetune.conftest import FakeResult, colour_classifier
+    from tests.finetune.conftest import tiny_spec as tiny_training_spec
+    from tests.helpers import make_image_bytes
+
+    result = FakeResult(
+        model=colour_classifier(),
+        spec=tiny_training_spec(backbone="vgg16", alpha=None),
+        classes=["blue", "green", "red"],
+    )
+    manifest = ModelStore(tmp_path / "models").save(result)
+    figures = measure_batches(
+        tmp_path / "models", manifest["id"], make_image_bytes("red", 64, fmt="JPEG"), tmp_path / "work", images=40
+    )
+    assert figures["batch"]["images"] == figures["raw"]["images"] == 40
+    assert figures["batch"]["errors"] == 0
+    assert figures["batch"]["images_per_second"] > 0 and figures["raw"]["images_per_second"] > 0

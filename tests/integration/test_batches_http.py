@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import boto3
 import httpx
 import pytest
 
-from finetune.launcher import ManagedProcess, free_port, http_status
 from tests.helpers import make_image_bytes, probabilities
 from tests.integration.reliability_support import FINAL, Stack, make_baseline, predict, wait_for
 
@@ -37,22 +35,9 @@ S3_CREDENTIALS = {
 
 
 @pytest.fixture(scope="module")
-def moto_url(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("batch-moto") / "moto.log"
-    process = ManagedProcess(
-        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=120, what="moto server")
-    yield url
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, moto_url):
+def stack(tmp_path_factory, s3_server):
     stack = Stack(tmp_path_factory.mktemp("batches"))
-    stack.env.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=moto_url)
+    stack.env.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=s3_server)
     try:
         stack.start_worker()
         stack.start_api()
@@ -264,8 +249,8 @@ def test_a_batch_over_a_dataset_labels_its_images(client, baseline, stack):
     assert all(row["error"] is None and len(row["predictions"]) == 1 for row in rows)
 
 
-def test_a_batch_over_an_s3_prefix(client, baseline, stack, moto_url):
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", **_boto_keys())
+def test_a_batch_over_an_s3_prefix(client, baseline, stack, s3_server):
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", **_boto_keys())
     s3.create_bucket(Bucket="photos")
     images = {
         f"2026/trip/{colour}_{n}.png": make_image_bytes(colour, 40, seed=700 + n)

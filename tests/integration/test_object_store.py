@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from types import SimpleNamespace
 
 import boto3
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from finetune.ids import new_id
-from finetune.launcher import ManagedProcess, free_port, http_status, start_api, start_worker
+from finetune.launcher import free_port, start_api, start_worker
 from tests.helpers import assert_same_probabilities, learnable_spec, make_image_bytes, predictor_results, top_label
 from tests.integration.reliability_support import (
     PROBE_COLOURS,
@@ -23,19 +22,6 @@ from tests.integration.reliability_support import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    process = ManagedProcess(
-        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_until(lambda: http_status(f"{url}/moto-api/") is not None, timeout=120, what="moto server")
-    yield url
-    process.stop()
 
 
 @pytest.fixture(scope="module")
