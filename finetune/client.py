@@ -31,11 +31,11 @@ from typing import IO, Any, TypeVar
 
 import httpx
 from httpx_sse import EventSource
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from finetune.schemas import ListPublic, ModelSummary, PredictResponse
 from finetune.states import FINAL_STATUSES, JobStatus
-from finetune.stores.records import AliasRecord, DatasetRecord, ExportRecord, JobRecord, ModelManifest
+from finetune.stores.records import AliasRecord, BatchRecord, DatasetRecord, ExportRecord, JobRecord, ModelManifest
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # connect fast or fail; reads wait long: a first /predict may load a model, an upload is unpacked and scanned
@@ -120,22 +120,6 @@ def raise_for_status(response: httpx.Response) -> httpx.Response:
     except (ValueError, AttributeError):
         detail = response.text
     raise ERRORS_BY_STATUS.get(response.status_code, ApiError)(response.status_code, detail, response)
-
-
-# --- batches (issue 16) ------------------------------------------------------------------------------
-
-
-class Batch(BaseModel):
-    """A batch prediction as `GET /batches/{id}` shows it. Open: every field the API adds is kept
-    (`batch.model_extra`, or as an attribute)."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-    id: str
-    status: JobStatus
-    model_id: str | None = None
-    created_at: str | None = None
-    finished_at: str | None = None
 
 
 # --- uploads -----------------------------------------------------------------------------------------
@@ -447,7 +431,7 @@ class Client:
         threshold: float | None = None,
         progress: Progress | None = None,
         **fields,
-    ) -> Batch:
+    ) -> BatchRecord:
         """Queue a batch prediction over exactly one of: an `archive` of images (or a folder, zipped here;
         `progress` as in `upload_dataset`), an uploaded dataset, or a `source` such as `s3://bucket/prefix`.
         `model`: a model id or alias (default as `predict`). Other `fields` (e.g. `webhook_url`) go as they are."""
@@ -457,21 +441,21 @@ class Client:
         options = {key: value for key, value in options.items() if value is not None}
         if archive is None:
             where = {"dataset_id": dataset_id} if dataset_id is not None else {"source": source}
-            return self._one(Batch, "POST", "/batches", json={**where, **options})
+            return self._one(BatchRecord, "POST", "/batches", json={**where, **options})
         form = {key: value if isinstance(value, str) else json.dumps(value) for key, value in options.items()}
         with archive_part(archive, progress) as part:
-            return self._one(Batch, "POST", "/batches", data=form, files={"file": part})
+            return self._one(BatchRecord, "POST", "/batches", data=form, files={"file": part})
 
-    def batch(self, batch_id: str) -> Batch:
-        return self._one(Batch, "GET", f"/batches/{batch_id}")
+    def batch(self, batch_id: str) -> BatchRecord:
+        return self._one(BatchRecord, "GET", f"/batches/{batch_id}")
 
-    def batches(self, status: str | None = None) -> list[Batch]:
-        return self._list(Batch, "/batches", status=status)
+    def batches(self, status: str | None = None) -> list[BatchRecord]:
+        return self._list(BatchRecord, "/batches", status=status)
 
-    def cancel_batch(self, batch_id: str) -> Batch:
-        return self._one(Batch, "POST", f"/batches/{batch_id}/cancel")
+    def cancel_batch(self, batch_id: str) -> BatchRecord:
+        return self._one(BatchRecord, "POST", f"/batches/{batch_id}/cancel")
 
-    def wait_batch(self, batch_id: str, *, timeout: float | None = None, interval: float = 1.0) -> Batch:
+    def wait_batch(self, batch_id: str, *, timeout: float | None = None, interval: float = 1.0) -> BatchRecord:
         """The batch once final (succeeded, failed or cancelled: its results hold the rows done either way),
         polled every `interval` s; `TimeoutError` after `timeout` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
