@@ -14,8 +14,6 @@ decoded gets a row carrying its error; it never fails the batch.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_id
-from finetune.execution.runner import OWNED, Heartbeat, _claim
+from finetune.execution.protocol import BATCH_RUNNER_MODULE, OWNED, exit_now, process_main, worker_id
+from finetune.execution.runner import Heartbeat, _claim
 from finetune.ids import now_iso
 from finetune.ml.predictor import ImageInput, Predictor
 from finetune.ml.thresholds import decide
@@ -250,19 +248,13 @@ def _labeller(record: dict, inputs: BatchFiles, settings: Settings) -> ChunkLabe
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 1:
-        print("usage: python -m finetune.execution.batch_runner BATCH_ID", file=sys.stderr)
-        return 2
-    status = run_batch(args[0], settings=get_settings())
-    log.info("batch %s: %s", args[0], status)
-    return EXIT_OWNED_ELSEWHERE if status == OWNED else EXIT_DONE
+    return process_main(
+        argv,
+        module=BATCH_RUNNER_MODULE,
+        kind="batch",
+        run=lambda record_id: run_batch(record_id, settings=get_settings()),
+    )
 
 
 if __name__ == "__main__":
-    exit_code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)  # skips TensorFlow's slow teardown: the batch's state is already in Redis
+    exit_now(main())

@@ -8,9 +8,7 @@ when the job ends.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from finetune.errors import InvalidSpec, JobCancelled, JobTimedOut
-from finetune.execution.protocol import EXIT_DONE, EXIT_OWNED_ELSEWHERE, worker_id
+from finetune.execution.protocol import OWNED, RUNNER_MODULE, exit_now, process_main, worker_id
 from finetune.execution.reaper import checkpoint_store, succeed_from_model
 from finetune.ids import now_iso
 from finetune.ml.spec import JobSpec
@@ -94,9 +92,6 @@ class Heartbeat(threading.Thread):
 
 def _finish(jobs: JobStore, job_id: str, status: str, **patch) -> dict:
     return jobs.update(job_id, {"status": status, "finished_at": now_iso(), "eta_seconds": None, **patch})
-
-
-OWNED = "owned"  # run_job's answer when another live worker runs the job
 
 
 def run_job(job_id: str, *, settings: Settings, worker: str | None = None) -> str:
@@ -278,19 +273,13 @@ def _cancellation(jobs: JobStore, job_id: str, started_at: str, time_limit_s: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 1:
-        print("usage: python -m finetune.execution.runner JOB_ID", file=sys.stderr)
-        return 2
-    status = run_job(args[0], settings=get_settings())
-    log.info("job %s ended %s", args[0], status)
-    return EXIT_OWNED_ELSEWHERE if status == OWNED else EXIT_DONE
+    return process_main(
+        argv,
+        module=RUNNER_MODULE,
+        kind="job",
+        run=lambda record_id: run_job(record_id, settings=get_settings()),
+    )
 
 
 if __name__ == "__main__":
-    exit_code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)  # skips TensorFlow's slow teardown: the job's state is already in Redis
+    exit_now(main())
