@@ -87,6 +87,7 @@ def run_project_side(data_dir: Path, spec) -> dict:
     return {
         "num_train": result.num_train,
         "num_validation": result.num_validation,
+        "num_test": result.num_test,
         **curve,
         "metrics_accuracy": result.metrics.get("accuracy"),
     }

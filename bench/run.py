@@ -387,14 +387,24 @@ def _seed(data_dir: Path, spec, *, own_split: bool):
 
 
 def project_validation_files(data_dir: Path, spec) -> set[str]:
-    """The images the project holds out for ``spec`` (its scan and stratified split), relative to ``data_dir``.
+    """The images the project judges its final model on for ``spec`` (its scan and stratified split: the
+    test split when ``spec.test_split`` is set, else the validation split), relative to ``data_dir``.
     Files the project would skip as undecodable are not known before it decodes, so a folder
     with such files could shift the split by them; the bench's generated data has none."""
-    from finetune.ml.scan import scan_dataset, stratified_split
+    import numpy as np
+
+    from finetune.ml.scan import scan_dataset, split_dataset
 
     scan = scan_dataset(data_dir, probe=False)
-    _, validation = stratified_split(scan.labels, validation_split=spec.validation_split, seed=spec.seed)
-    return {Path(scan.files[i]).as_posix() for i in validation}
+    splits = split_dataset(
+        scan,
+        np.asarray(scan.labels),
+        validation_split=spec.validation_split,
+        test_split=spec.test_split,
+        seed=spec.seed,
+    )
+    held_out = splits.test if spec.test_split else splits.validation
+    return {Path(scan.files[i]).as_posix() for i in held_out}
 
 
 def _project(data_dir: Path, spec, out: Path, args, classes: int, *, augment: bool) -> dict:

@@ -42,7 +42,7 @@ def test_the_verdict_needs_the_seeds_accuracy_in_a_fifth_of_its_time():
     worse = assemble({"seed": seed, "project": run(0.89, 100.0, 6, 12)}, challenger, "d", "c", total_s=1.0)
     assert not slow["verdict"]["pass"] and not worse["verdict"]["pass"]
     section = render_section(passing)
-    assert "| the project, early stopping | 0.910 | 3.2 | 6 + 12 |" in section and "**pass**" in section
+    assert "| the project, early stopping | 0.910 | — / — / — | 3.2 | 6 + 12 |" in section and "**pass**" in section
     report = replace_section("# Benchmarks\n\nother\n", section)
     assert replace_section(report, render_section(slow)).count(SECTION_START) == 1
     assert "**FAIL**" in replace_section(report, render_section(slow)) and report.index(SECTION_END) > 0
@@ -65,4 +65,28 @@ def test_the_flag_needs_data_takes_the_full_schedule_and_its_section_survives_th
     path.write_text(replace_section("# Benchmarks\n\n## Training (old run)\n", render_section(row)))
     rewritten = _keep_accuracy_section("# Benchmarks\n\n## Training (new run)\n", path)
     assert "new run" in rewritten and "old run" not in rewritten
-    assert "| the project, early stopping | 0.950 | 1.7 | 7 + 9 |" in rewritten
+    assert "| the project, early stopping | 0.950 | — / — / — | 1.7 | 7 + 9 |" in rewritten
+
+
+def test_both_sides_are_judged_on_the_projects_untouched_test_split(tmp_path):
+    """With HELD_OUT's test split the images handed to the seed's recipe as its held-out set are the
+    project's test images: none of them in the project's train or validation split."""
+    import numpy as np
+
+    from bench.run import project_validation_files
+    from bench.time_to_accuracy import HELD_OUT
+    from finetune.ml.scan import scan_dataset, split_dataset
+    from tests.helpers import make_image
+
+    for name in ("red", "blue", "green"):
+        (tmp_path / name).mkdir()
+        for n in range(20):
+            make_image(name, 16, seed=n).save(tmp_path / name / f"{n}.png")
+    spec = TrainingSpec(backbone="mobilenet", alpha=0.25).model_copy(update=HELD_OUT)
+    scan = scan_dataset(tmp_path, probe=False)
+    splits = split_dataset(scan, np.asarray(scan.labels), validation_split=0.2, test_split=0.25, seed=spec.seed)
+    files = [scan.files[i] for i in range(len(scan.files))]
+    judged = project_validation_files(tmp_path, spec)
+    assert judged == {files[i] for i in splits.test} and len(judged) == 15  # 5 of each class's 20
+    assert not judged & {files[i] for i in (*splits.train, *splits.validation)}
+    assert project_validation_files(tmp_path, spec.model_copy(update={"test_split": None})) != judged
