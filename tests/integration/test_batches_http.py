@@ -18,17 +18,20 @@ import httpx
 import pytest
 
 from tests.helpers import make_image_bytes, probabilities
-from tests.integration.reliability_support import FINAL, Stack, make_baseline, predict, wait_for
+from tests.integration.reliability_support import (
+    FINAL,
+    S3_CREDENTIALS,
+    Stack,
+    make_baseline,
+    predict,
+    wait_for,
+)
+from tests.webhook_support import TEST_WEBHOOK_SECRET, WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HANG_GUARD_S = 420
 MANY = 1500  # images in the batches that are cancelled or killed mid-way: hundreds of 2-image parts
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -38,6 +41,7 @@ S3_CREDENTIALS = {
 def stack(tmp_path_factory, s3_server):
     stack = Stack(tmp_path_factory.mktemp("batches"))
     stack.env.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=s3_server)
+    stack.env.update(WEBHOOK_SECRET=TEST_WEBHOOK_SECRET, WEBHOOK_ALLOW_PRIVATE="true")  # receivers on loopback
     try:
         stack.start_worker()
         stack.start_api()
@@ -382,7 +386,10 @@ def test_bad_batch_requests_get_the_right_status_and_store_nothing(client, basel
         assert client.get(path).status_code == 404
     assert client.post("/batches/0123456789abcdef/cancel").status_code == 404
     assert client.get("/batches/..%2Fetc").status_code == 404
-    ok = post_archive(client, image_zip, model_id=model_id, webhook_url="https://example.com/hook")
-    assert ok.status_code == 202, ok.text
-    assert ok.json()["webhook_url"] == "https://example.com/hook"
-    wait_for_batch(client, ok.json()["id"], stack=stack)
+    with WebhookReceiver() as receiver:
+        ok = post_archive(client, image_zip, model_id=model_id, webhook_url=receiver.url)
+        assert ok.status_code == 202, ok.text
+        assert ok.json()["webhook_url"] == receiver.url
+        wait_for_batch(client, ok.json()["id"], stack=stack)
+        (message,) = receiver.wait_for(1, timeout=HANG_GUARD_S)
+    assert message.verified()["type"] == "batch.succeeded"

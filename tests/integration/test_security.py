@@ -61,6 +61,7 @@ def operations(client: httpx.Client, baseline) -> list[tuple[str, str]]:
         "name": "mobilenet",
         "path": "red/red_000.png",
         "format": "onnx",
+        "batch_id": "0123456789abcdef",
     }
     result = []
     for path, methods in schema["paths"].items():
