@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune.stores.jobs import JobStore
 from tests.helpers import make_image
 
 
@@ -121,3 +122,19 @@ def factories():
         tiny_spec=tiny_spec,
         make_dataset_dir=build_dataset_dir,
     )
+
+
+@pytest.fixture
+def jobs(redis_db):
+    """A job store on this session's Redis database, its `finetune:*` keys cleared before and after."""
+    store = JobStore.from_url(redis_db)
+
+    def clear():
+        keys = list(store.redis.scan_iter(match="finetune:*"))
+        if keys:
+            store.redis.delete(*keys)
+
+    clear()
+    yield store
+    clear()
+    store.redis.close()

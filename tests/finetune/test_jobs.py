@@ -17,21 +17,6 @@ from finetune.stores.jobs import INDEX_KEY, JobStore, eta_seconds, job_key, over
 # own (`redis_db`), so clearing it between tests touches only keys they wrote.
 
 
-@pytest.fixture
-def jobs(redis_db):
-    store = JobStore.from_url(redis_db)
-
-    def clear():
-        keys = list(store.redis.scan_iter(match="finetune:*"))
-        if keys:
-            store.redis.delete(*keys)
-
-    clear()
-    yield store
-    clear()
-    store.redis.close()
-
-
 def spec(dataset_id: str = "ds1", **fields) -> JobSpec:
     return JobSpec(
         dataset_id=dataset_id,

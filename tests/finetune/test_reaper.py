@@ -24,14 +24,6 @@ from finetune.stores.jobs import JobStore
 from finetune.stores.models import ModelStore
 
 
-@pytest.fixture
-def jobs(redis_db):
-    store = JobStore.from_url(redis_db)
-    store.redis.flushdb()
-    yield store
-    store.redis.flushdb()
-
-
 def running_job(jobs: JobStore, *, heartbeat_age_s: float | None) -> str:
     record = jobs.create(
         JobSpec(dataset_id="ds", backbone="mobilenet", alpha=0.25, weights="none", image_size=32, finetune=None)

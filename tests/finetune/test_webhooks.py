@@ -103,21 +103,6 @@ def test_a_malformed_secret_is_refused_without_being_printed(secret):
 # --- the outbox, written with the job's status change --------------------------------------------
 
 
-@pytest.fixture
-def jobs(redis_db):
-    store = JobStore.from_url(redis_db)
-
-    def clear():
-        keys = list(store.redis.scan_iter(match="finetune:*"))
-        if keys:
-            store.redis.delete(*keys)
-
-    clear()
-    yield store
-    clear()
-    store.redis.close()
-
-
 def settings_for(redis_url: str, **overrides) -> Settings:
     values = {
         "redis_url": redis_url,
