@@ -1,14 +1,47 @@
-"""Prometheus metrics, one registry per app: requests, latencies, predictions, jobs by status."""
+"""Prometheus metrics, one registry per app: requests, latencies, predictions, jobs by status.
+
+Under `python -m app.server` with several processes, PROMETHEUS_MULTIPROC_DIR is set before any of them
+imports prometheus_client: every value then lives in that folder's files, and `exposition()` on any
+process sums them all (prometheus_client's multiprocess mode)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 log = logging.getLogger("app.metrics")
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_processes(folder: str) -> list[int]:
+    """Drop the live gauges of processes that died (a crashed API process, restarted by uvicorn), so an
+    event stream it held open is not counted for ever; their counters stay, as counters do."""
+    dead = set()
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        found = _LIVE_GAUGE_FILE.match(path.name)
+        if found and not pid_alive(int(found.group(1))):
+            dead.add(int(found.group(1)))
+    for pid in dead:
+        mark_process_dead(pid, folder)
+    return sorted(dead)
 
 
 class JobsCollector:
@@ -47,14 +80,37 @@ class AppMetrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
         )
-        self.event_streams = Gauge(
-            "finetune_event_streams", "Server-sent event streams of jobs open now", registry=self.registry
+        self.batch_seconds = Histogram(
+            "finetune_predict_batch_seconds",
+            "Seconds of each forward pass of /predict's micro-batcher",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.registry.register(JobsCollector(service_getter))
+        self.event_streams = Gauge(
+            "finetune_event_streams",
+            "Server-sent event streams of jobs open now",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.jobs = JobsCollector(service_getter)
+        self.registry.register(self.jobs)
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if self.multiprocess_dir:
+            forget_dead_processes(self.multiprocess_dir)
+
+    def exposition(self) -> bytes:
+        """The text format of every metric: this process's, or with several API processes all of theirs."""
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(self.jobs)
+        return generate_latest(registry)
 
     def observe_batch(self, images: int, seconds: float) -> None:
         """The micro-batchers' `on_batch`: one observation per forward pass."""
         self.batch_images.observe(images)
+        self.batch_seconds.observe(seconds)
 
     def middleware(self, app):
         """Counts and times every HTTP request by route template, as a plain ASGI middleware

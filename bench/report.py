@@ -400,7 +400,8 @@ def _serving(results: dict, figures: dict) -> list[str]:
                     "api",
                     f"as the API runs it ({_get(serving, 'raw', 'api', 'threads', default=NA)} "
                     f"thread per op, {_get(serving, 'raw', 'api', 'streams', default=NA)} passes "
-                    "at once)",
+                    f"at once: {_get(serving, 'api_processes', default=NA)} API processes, each "
+                    f"{_get(serving, 'passes_per_process', default=NA)})",
                 ),
             )
             if _get(serving, "raw", key)
@@ -449,7 +450,7 @@ def _serving(results: dict, figures: dict) -> list[str]:
         ),
         "",
         "- **images per forward**: the micro-batcher's batch sizes (its histogram in `GET /metrics`). "
-        "**API CPU**: the API process's CPU time (all threads) per answered request; **client CPU**: the load "
+        "**API CPU**: the CPU time of the API's processes (all their threads) per answered request; **client CPU**: the load "
         "generator's (this process: raw keep-alive sockets in threads, `bench.serving.RawClient`), which runs on the same cores.",
         *_cpu_bound_line(derived.get("c8_cpu_bound"), ceil),
         "",

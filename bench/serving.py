@@ -1,10 +1,11 @@
-"""``POST /predict`` against a real API process (uvicorn) and a real redis-server, over loopback.
+"""``POST /predict`` against a real API (``python -m app.server``, its default API_WORKERS processes)
+and a real redis-server, over loopback.
 
-The API, the Redis and their logs live under ``work_dir``; both processes are
-stopped (as process groups) when the ``service`` context exits. The API runs with
-``MODEL_CACHE_SIZE=cache_models``; after the load levels, one model more than that
-is asked for in turn and the API's resident memory read after each (``memory``).
-Each level also reads the micro-batcher's batch sizes from ``GET /metrics``.
+The API, the Redis and their logs live under ``work_dir``; both are stopped (as process groups) when
+the ``service`` context exits. The API runs with ``MODEL_CACHE_SIZE=cache_models``; after the load
+levels, one model more than that is asked for in turn and the API's resident memory (all its
+processes) read after each (``memory``). Each level also reads the micro-batchers' batch sizes from
+``GET /metrics`` (summed over the processes) and the CPU time of the API's processes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 
 from bench.timing import percentile, timed_threads
 from finetune.launcher import free_port, start_api, start_redis
@@ -39,7 +42,7 @@ class LoadLevel:
     p95_ms: float
     batches: int = 0  # forward passes the micro-batcher ran during the level
     batched_images: int = 0  # images in them
-    server_cpu_ms: float = float("nan")  # the API process's CPU time per answered request
+    server_cpu_ms: float = float("nan")  # the API's processes' CPU time per answered request
     client_cpu_ms: float = float("nan")  # this process's (the load generator's) CPU time per answered request
 
     @property
@@ -63,6 +66,8 @@ class ServingResult:
     levels: list[LoadLevel] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)  # bench.raw_predictor: "default" and "api" thread configurations
+    api_processes: int = 0  # API_WORKERS the API ran with
+    passes_per_process: int = 0  # PREDICT_CONCURRENCY of each
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -79,6 +84,13 @@ def _child_env(model_dir: Path, data_dir: Path, redis_url: str, cache_models: in
         REDIS_URL=redis_url, MODEL_DIR=str(model_dir), DATA_DIR=str(data_dir), MODEL_CACHE_SIZE=str(cache_models)
     )
     return env
+
+
+def api_defaults() -> Settings:
+    """The settings the bench's API runs with: `_child_env` passes it no service setting."""
+    clean = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
+    with mock.patch.dict(os.environ, clean, clear=True):
+        return Settings()
 
 
 @contextmanager
@@ -99,26 +111,42 @@ def service(model_dir: Path, work_dir: Path, *, cache_models: int = 2) -> Iterat
         redis.stop()
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far, all its threads (nan where unavailable)."""
+def _process_tree(pid: int) -> list[psutil.Process]:
+    """Process `pid` and its descendants: `python -m app.server` runs API_WORKERS processes under it."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds so far of process `pid` and its descendants, all their threads (nan where
+    unavailable)."""
+    total, seen = 0.0, False
+    for process in _process_tree(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total, seen = total + times.user + times.system, True
+    return total if seen else float("nan")
 
 
 def process_memory(pid: int) -> dict:
-    """Resident memory now and at its peak (bytes) of process `pid`, from /proc (zeros where unavailable)."""
+    """Resident memory now and at its peak (bytes) of process `pid` and its descendants, summed (a sum of
+    each process's peak: at most the tree's peak), from /proc (zeros where unavailable)."""
     values = {"rss": 0, "peak_rss": 0}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for process in _process_tree(pid):
+        try:
+            lines = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
             if line.startswith("VmRSS:"):
-                values["rss"] = int(line.split()[1]) * 1024
+                values["rss"] += int(line.split()[1]) * 1024
             elif line.startswith("VmHWM:"):
-                values["peak_rss"] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+                values["peak_rss"] += int(line.split()[1]) * 1024
     return values
 
 
@@ -348,11 +376,14 @@ def measure_serving(
 
     # the same Predictor without HTTP, once with TensorFlow's default threads (one pass on every core), once
     # as the API runs it (PREDICT_THREADS per pass, PREDICT_CONCURRENCY passes at once), the API stopped
-    defaults = Settings.model_construct()  # what the API runs with: _child_env passes no service setting
+    defaults = api_defaults()
     raw = {
         "default": measure_in_child(model_dir, model_id, threads=0, streams=1),
         "api": measure_in_child(
-            model_dir, model_id, threads=defaults.predict_threads, streams=defaults.predict_concurrency
+            model_dir,
+            model_id,
+            threads=defaults.predict_threads,
+            streams=defaults.api_workers * defaults.predict_concurrency,
         ),
     }
     memory = {}
@@ -372,4 +403,6 @@ def measure_serving(
         levels=levels,
         memory=memory,
         raw=raw,
+        api_processes=defaults.api_workers,
+        passes_per_process=defaults.predict_concurrency,
     )

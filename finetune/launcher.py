@@ -228,7 +228,7 @@ def start_worker(*, env: dict, log_path: Path, hostname: str | None = None) -> M
 
 def start_api(*, env: dict, port: int, log_path: Path) -> ManagedProcess:
     """`env` is the child's whole environment. Ready once GET /healthz answers 200."""
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port)]
     process = ManagedProcess("api", argv, log_path=log_path, env=_child_env(env), cwd=PROJECT_ROOT)
     process.wait_until(
         lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200,

@@ -16,6 +16,7 @@ from finetune.ml.spec import JobSpec, unknown_weighted_classes, warm_start_misma
 from finetune.ml.thresholds import measure_thresholds, pick_thresholds
 from finetune.serving.batcher import BatchObserver
 from finetune.serving.cache import BatchingOptions, PredictorCache, ServedModel
+from finetune.serving.changes import SharedChangeCounter
 from finetune.settings import Settings
 from finetune.states import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 from finetune.stores.archive import ArchiveLimits
@@ -73,7 +74,12 @@ class Service:
             ),
             models=models,
             jobs=jobs,
-            predictors=PredictorCache(models, size=settings.model_cache_size, batching=batching),
+            predictors=PredictorCache(
+                models,
+                size=settings.model_cache_size,
+                batching=batching,
+                changes=SharedChangeCounter(settings.api_changes_file) if settings.api_changes_file else None,
+            ),
             enqueue=enqueue,
             exports=ExportStore(models),
             enqueue_export=enqueue_export,
@@ -183,6 +189,7 @@ class Service:
         if manifest.get("figure_splits"):  # measured on the held-out rows: the split of `metrics`
             changes["figure_splits"] = {**manifest["figure_splits"], "thresholds": manifest["metrics_split"]}
         self.models.update_manifest(model_id, changes)
+        self.predictors.changed()
         return thresholds
 
     def evaluation_samples(
@@ -212,7 +219,9 @@ class Service:
         """Point alias `name` at the model `ref` names (a model id or another alias)."""
         if self.models.location.exists(name, MANIFEST_FILE):
             raise Conflict(f"{name!r} is a model id; an alias must not shadow a model")
-        return self.models.aliases.set(name, self.models.resolve(ref)["id"])
+        alias = self.models.aliases.set(name, self.models.resolve(ref)["id"])
+        self.predictors.changed()
+        return alias
 
     # --- exports (issue 13) ---------------------------------------------------------------------
 

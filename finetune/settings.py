@@ -99,11 +99,24 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=4, description="models kept loaded by /predict")
     predict_max_batch: int = 32
     predict_max_wait_ms: float = 1.0
-    predict_concurrency: int = Field(
+    api_workers: int = Field(
         default_factory=lambda: usable_cores(),
         ge=1,
+        le=64,
+        description="API processes (`python -m app.server`), each with its own models and micro-batcher "
+        "(default: one per core)",
+    )
+    api_changes_file: str | None = Field(
+        default=None,
+        description="set by `python -m app.server` for its processes: the file through which a model deleted "
+        "or an alias moved in one of them is seen by the others at once",
+    )
+    predict_concurrency: int | None = Field(
+        default=None,
+        ge=1,
         le=256,
-        description="forward passes of one model /predict runs at the same time (default: one per core)",
+        description="forward passes of one model each API process runs at the same time "
+        "(default: the cores shared out among API_WORKERS, at least 1)",
     )
     predict_threads: int = Field(
         default=1,
@@ -184,6 +197,12 @@ class Settings(BaseSettings):
             normalized = self.checkpoint_dir.rstrip("/")
             if normalized in (self.model_dir.rstrip("/"), self.data_dir.rstrip("/")):
                 raise ValueError("CHECKPOINT_DIR must be a folder of its own, not MODEL_DIR or DATA_DIR")
+        return self
+
+    @model_validator(mode="after")
+    def _cores_shared_among_api_workers(self) -> Settings:
+        if self.predict_concurrency is None:
+            self.predict_concurrency = max(1, usable_cores() // self.api_workers)
         return self
 
     @property

@@ -7,6 +7,7 @@ No Docker engine is needed; the Compose files are read with PyYAML (with Compose
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -124,11 +125,13 @@ def dockerfile_env(dockerfile: str) -> dict[str, str]:
 # --- Compose: the application services ------------------------------------------------
 
 
-def test_api_runs_uvicorn(services, dockerfile):
+def test_api_runs_the_api_server(services, dockerfile):
+    """`python -m app.server`: uvicorn in API_WORKERS processes, on every interface by default."""
     api = services["api"]
     cmd = command_text(api) or " ".join(instructions(stages(dockerfile)[-1], "CMD"))
-    assert "uvicorn app.main:app" in cmd
-    assert "--host 0.0.0.0" in cmd
+    assert "python -m app.server" in cmd
+    assert "--host" not in cmd  # app.server's default: 0.0.0.0
+    assert "--port 8000" in cmd
     assert any(str(port).endswith(":8000") for port in api["ports"])
 
 
@@ -269,7 +272,7 @@ def test_dockerfile_fetches_backbone_weights_at_build_time(dockerfile):
 
 def test_dockerfile_default_command_is_the_api(dockerfile):
     (cmd,) = instructions(stages(dockerfile)[-1], "CMD")
-    assert "uvicorn app.main:app --host 0.0.0.0" in cmd
+    assert json.loads(cmd) == ["python", "-m", "app.server"]
 
 
 def test_dockerignore_keeps_state_out_and_sources_in():

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import ServiceDep
 
@@ -31,5 +31,5 @@ metrics_router = APIRouter(tags=["health"])
 
 @metrics_router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request):
-    body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+    body = await run_in_threadpool(request.app.state.metrics.exposition)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)

@@ -49,10 +49,16 @@ def aspect_aware_resize(image: np.ndarray, size: int) -> np.ndarray:
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     height, width = image.shape[:2]
+    if height == width == size and image.ndim == 3 and image.shape[2] == 3:
+        # Pillow's resize to an image's own size is a copy: the same pixels, without ~0.1 ms of copies
+        return np.ascontiguousarray(image, dtype=np.uint8)
     scale = size / min(height, width)
     new_width = max(size, round(width * scale))
     new_height = max(size, round(height * scale))
-    resized = Image.fromarray(image).convert("RGB").resize((new_width, new_height), Image.Resampling.BILINEAR)
+    picture = Image.fromarray(image)
+    if picture.mode != "RGB":
+        picture = picture.convert("RGB")
+    resized = picture.resize((new_width, new_height), Image.Resampling.BILINEAR)
     top = (new_height - size) // 2
     left = (new_width - size) // 2
     cropped = np.asarray(resized)[top : top + size, left : left + size]
@@ -125,11 +131,13 @@ def _looks_like_known_format(head: bytes) -> bool:
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate by the EXIF orientation tag; a malformed EXIF block leaves the pixels as stored."""
+    """Rotate by the EXIF orientation tag; a malformed EXIF block leaves the pixels as stored. In place:
+    without an orientation to apply, Pillow's copy would be the same pixels again."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:
-        return image
+        pass
+    return image
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -138,7 +146,7 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         image = _composite_on_white(image)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:

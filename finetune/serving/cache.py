@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from finetune.ml.predictor import Predictor
 from finetune.serving.batcher import BatchObserver, MicroBatcher
+from finetune.serving.changes import SharedChangeCounter
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class PredictorCache:
     every `revalidate_s` per reference (model id, alias, or None for the default): a moved alias is
     followed within that time, and `fresh` answers from memory in between, so a busy /predict skips
     a thread hop and a file (or object-store) read per request. A model deleted through this
-    process is evicted at once; one deleted by another API process is served at most that long.
+    process is evicted at once, and so in the processes that share `changes` with it (one API server's,
+    `SharedChangeCounter`); one deleted by another API server is served at most `revalidate_s` longer.
     `clock` is injectable so tests can age the confirmations without patching the standard library.
     """
 
@@ -55,20 +57,27 @@ class PredictorCache:
         batching: BatchingOptions | None = None,
         revalidate_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        changes: SharedChangeCounter | None = None,
     ):
         self.store, self.size, self.revalidate_s, self.clock = store, max(1, size), revalidate_s, clock
+        self.changes = changes
         self.batching = batching or BatchingOptions()
         self._served: OrderedDict[str, ServedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
-        self._confirmed: dict[str | None, tuple[str, float]] = {}  # asked-for ref (id, alias, None) -> (id, when)
+        # asked-for ref (id, alias, None) -> (id, when, the change count before the store was asked)
+        self._confirmed: dict[str | None, tuple[str, float, int]] = {}
 
     def fresh(self, ref: str | None) -> ServedModel | None:
         """The loaded model `ref` names (a model id or an alias; None: the default) if the store confirmed it within
         `revalidate_s`; None otherwise (then call `get`). Touches no file: safe on an event loop."""
         with self._lock:
             confirmed = self._confirmed.get(ref)
-            if confirmed is None or self.clock() - confirmed[1] > self.revalidate_s:
+            if (
+                confirmed is None
+                or self.clock() - confirmed[1] > self.revalidate_s
+                or confirmed[2] != self._change_count()
+            ):
                 return None
             served = self._served.get(confirmed[0])
             if served is not None:
@@ -76,11 +85,15 @@ class PredictorCache:
             return served
 
     def get(self, ref: str | None) -> ServedModel:
+        changes_before = self._change_count()  # a change while the store is read makes this confirmation stale
         manifest = self.store.resolve(ref)
         served = self._load(manifest)
         with self._lock:
-            self._confirmed[ref] = (served.model_id, self.clock())
+            self._confirmed[ref] = (served.model_id, self.clock(), changes_before)
         return served
+
+    def _change_count(self) -> int:
+        return self.changes.value() if self.changes is not None else 0
 
     def _load(self, manifest: dict) -> ServedModel:
         model_id = manifest["id"]
@@ -117,11 +130,18 @@ class PredictorCache:
         return ServedModel(predictor, batcher)
 
     def evict(self, model_id: str) -> None:
+        """`model_id` was deleted through this process."""
         with self._lock:
             self._served.pop(model_id, None)
-            for asked, (confirmed_id, _) in list(self._confirmed.items()):
-                if confirmed_id == model_id:
-                    del self._confirmed[asked]
+        self.changed()
+
+    def changed(self) -> None:
+        """The store changed through this process (a model deleted, an alias moved, thresholds set): every
+        reference is asked again at its next request, here and in the processes sharing `changes`."""
+        with self._lock:
+            self._confirmed.clear()
+        if self.changes is not None:
+            self.changes.bump()
 
     def __len__(self) -> int:
         return len(self._served)

@@ -324,6 +324,17 @@ def test_aspect_aware_resize_scales_the_short_side_without_stretching():
     assert (out[:, 2:-2] == WHITE).all()
 
 
+@pytest.mark.parametrize("size", [32, 224])
+def test_an_image_already_at_size_keeps_the_pixels_pillows_resize_gives(size):
+    """Skipping the resize of an image already `size` x `size` changes no pixel of what training saw."""
+    image = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    through_pillow = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    out = aspect_aware_resize(image, size)
+    assert out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+    assert np.array_equal(out, through_pillow)
+    assert np.array_equal(out, image)
+
+
 def test_load_image_decodes_and_resizes(tmp_path):
     path = tmp_path / "wide.png"
     Image.fromarray(three_bands(True)).save(path)

@@ -102,7 +102,7 @@ def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
     argv = python_module("finetune.launcher")
     with announced_service(argv, env, tmp_path / "launcher.log", port) as (launcher, children):
         assert http_status(f"http://127.0.0.1:{port}/healthz") == 200
-        assert {"redis", "celery", "uvicorn"} <= {_role(child) for child in children}
+        assert {"redis", "celery", "app.server"} <= {_role(child) for child in children}
 
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=120)  # a hang guard
@@ -117,4 +117,4 @@ def test_launcher_serves_and_stops_cleanly_on_sigint(tmp_path):
 
 def _role(process: psutil.Process) -> str:
     command = " ".join(process.cmdline())
-    return next((role for role in ("redis", "celery", "uvicorn") if role in command), "other")
+    return next((role for role in ("redis", "celery", "app.server") if role in command), "other")

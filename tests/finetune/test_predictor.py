@@ -18,6 +18,7 @@ from finetune.errors import BadImage, NotAnImage, NotFound
 from finetune.ml.predictor import WARM_BATCH_SIZES, ImageInput, Predictor
 from finetune.serving.batcher import MicroBatcher
 from finetune.serving.cache import BatchingOptions, PredictorCache
+from finetune.serving.changes import SharedChangeCounter
 from finetune.stores.models import ModelStore
 from tests.helpers import make_image_bytes
 
@@ -311,6 +312,47 @@ def test_fresh_is_none_for_a_model_evicted_by_the_lru(three_models):
     cache.get(a)
     cache.get(b)  # evicts a
     assert cache.fresh(a) is None and cache.fresh(b) is not None
+
+
+def test_a_change_through_one_process_makes_the_other_ask_the_store_at_once(three_models, tmp_path):
+    """Two caches sharing one change counter (as the processes of `python -m app.server` do): a model
+    deleted through one is no longer served from the other's memory, though its second is not over."""
+    store, (a, b, _) = three_models
+    here = PredictorCache(store, size=2, revalidate_s=60.0, changes=SharedChangeCounter(tmp_path / "changes"))
+    there = PredictorCache(store, size=2, revalidate_s=60.0, changes=SharedChangeCounter(tmp_path / "changes"))
+    there.get(a)
+    there.get(b)
+    assert there.fresh(a) is not None
+    here.evict(a)
+    assert there.fresh(a) is None and there.fresh(b) is None  # both asked again: any may have changed
+    assert there.get(b).model_id == b and there.fresh(b) is not None  # confirmed again after the change
+
+
+def test_a_change_while_the_store_is_read_leaves_that_confirmation_stale(three_models, tmp_path, monkeypatch):
+    """The other process deletes the model after this one read the store and before it noted the read:
+    the confirmation is not trusted, so the next request asks again."""
+    store, (a, _, _) = three_models
+    counter = SharedChangeCounter(tmp_path / "changes")
+    cache = PredictorCache(store, size=2, revalidate_s=60.0, changes=counter)
+    resolve = store.resolve
+
+    def resolve_then_another_process_changes(ref):
+        manifest = resolve(ref)
+        SharedChangeCounter(tmp_path / "changes").bump()
+        return manifest
+
+    monkeypatch.setattr(store, "resolve", resolve_then_another_process_changes)
+    cache.get(a)
+    assert cache.fresh(a) is None
+
+
+def test_the_shared_change_counter_counts_across_openings(tmp_path):
+    first, second = SharedChangeCounter(tmp_path / "c"), SharedChangeCounter(tmp_path / "c")
+    assert first.value() == second.value() == 0
+    first.bump()
+    second.bump()
+    assert first.value() == second.value() == 2
+    assert (tmp_path / "c").read_bytes() == (2).to_bytes(8, "little")
 
 
 # --- MicroBatcher -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Serving a model trained by a real job, over real HTTP: the same probabilities as `finetune predict`
 and the Python Predictor; micro-batching that never swaps rows between concurrent requests; a deleted
-model gone at once from the API that deleted it and, soon after, from a second API process."""
+model gone at once from the API that deleted it and, soon after, from a second API process; an API of
+two processes counting and forgetting as one."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
+import psutil
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from finetune.ids import new_id
 from tests.helpers import (
@@ -28,6 +32,7 @@ from tests.helpers import (
 )
 from tests.integration.reliability_support import (
     assert_deletion_is_seen,
+    predict_status,
     submit_job,
     upload_archive,
     wait_for_job,
@@ -53,10 +58,10 @@ def learned(client, live_service, tiny_dataset_zip):
 
 @pytest.fixture(scope="module")
 def batching_api(live_service, tmp_path_factory):
-    """A second API process on the live service's Redis and stores: one forward pass at a time, and a
+    """A second API (one process) on the live service's Redis and stores: one forward pass at a time, and a
     batch waits up to 200 ms for requests whose images are still being decoded."""
     with live_service.extra_api(
-        tmp_path_factory.mktemp("batching-api"), PREDICT_CONCURRENCY="1", PREDICT_MAX_WAIT_MS="200"
+        tmp_path_factory.mktemp("batching-api"), API_WORKERS="1", PREDICT_CONCURRENCY="1", PREDICT_MAX_WAIT_MS="200"
     ) as client:
         yield client
 
@@ -183,3 +188,101 @@ def test_a_deleted_model_is_404_at_once_here_and_soon_in_a_second_api(client, ba
     assert_deletion_is_seen(client, batching_api, copy_id, image)
     assert not copy.exists()
     assert post_predict(client, learned.model_id, [("red.png", image)])["model_id"] == learned.model_id
+
+
+@pytest.fixture(scope="module")
+def two_process_api(live_service, tmp_path_factory):
+    """`python -m app.server` with API_WORKERS=2 on the live service's Redis and stores; its two
+    processes, and the folder their Prometheus values live in."""
+    with live_service.extra_api(tmp_path_factory.mktemp("two-process-api"), API_WORKERS="2") as client:
+        processes = [
+            child
+            for child in psutil.Process(client.process.pid).children(recursive=True)
+            if "multiprocessing.spawn" in " ".join(child.cmdline())
+        ]
+        client.processes = processes
+        client.metrics_dir = Path(processes[0].environ()["PROMETHEUS_MULTIPROC_DIR"]) if processes else None
+        yield client
+
+
+def metric_value(client: httpx.Client, name: str) -> float:
+    text = client.get("/metrics").text
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, text[-2000:]
+    return float(found.group(1))
+
+
+def predictions_by_process(metrics_dir: Path, tmp_path: Path) -> dict[int, float]:
+    """Images each API process counted: its own counter file read alone (prometheus_client's collector on a
+    folder holding only that file)."""
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        alone = tmp_path / path.stem
+        alone.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counts[int(path.stem.split("_")[-1])] = registry.get_sample_value("finetune_predictions_total") or 0.0
+    return counts
+
+
+def test_two_api_processes_count_as_one_in_metrics(two_process_api, learned, tmp_path):
+    """16 requests of 2 images from 4 clients at once: both processes answer some, and GET /metrics,
+    whichever process answers it, counts all 32 images."""
+    assert len(two_process_api.processes) == 2, two_process_api.processes
+    post_predict(two_process_api, learned.model_id, images(1, seed=20))
+    before = metric_value(two_process_api, "finetune_predictions_total")
+    by_process_before = predictions_by_process(two_process_api.metrics_dir, tmp_path / "before")
+    pairs = [images(2, seed=30 + i) for i in range(16)]
+    errors: list[BaseException] = []
+
+    def send(chunk: list) -> None:
+        try:
+            with httpx.Client(base_url=two_process_api.base_url, timeout=120) as own:
+                for files in chunk:
+                    post_predict(own, learned.model_id, files)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=send, args=(pairs[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)  # a hang guard
+    assert not errors, errors
+    for _ in range(4):  # the scrape lands on either process: each sums both
+        assert metric_value(two_process_api, "finetune_predictions_total") - before == 32
+    by_process = predictions_by_process(two_process_api.metrics_dir, tmp_path / "after")
+    assert sum(by_process.values()) - sum(by_process_before.values()) == 32
+    assert set(by_process) == {process.pid for process in two_process_api.processes}
+
+
+def test_a_model_deleted_through_one_api_process_is_404_in_both_at_once(
+    two_process_api, learned, live_service, tmp_path
+):
+    """Both processes have served the copy (new connections until each has: the kernel hands them out);
+    after the 204, every request, whichever process takes it, is 404 at once: neither serves the copy
+    for the second its cache would otherwise trust what it confirmed."""
+    copy_id = new_id()
+    copy = live_service.model_dir / copy_id
+    shutil.copytree(learned.folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "id": copy_id}))
+    image = make_image_bytes("red", 40, seed=4)
+    clients: list[httpx.Client] = []
+    try:
+        before = predictions_by_process(two_process_api.metrics_dir, tmp_path / "before")
+        served_by: set[int] = set()
+        while len(served_by) < 2 and len(clients) < 100:  # a hang guard, not a bound
+            clients.append(httpx.Client(base_url=two_process_api.base_url, timeout=120))
+            assert predict_status(clients[-1], copy_id, image) == 200
+            now = predictions_by_process(two_process_api.metrics_dir, tmp_path / str(len(clients)))
+            served_by = {pid for pid, count in now.items() if count > before.get(pid, 0.0)}
+        assert len(served_by) == 2, f"{len(clients)} connections all went to one process"
+        for own in clients:  # confirmed within the last second in both processes
+            assert predict_status(own, copy_id, image) == 200
+        assert clients[0].delete(f"/models/{copy_id}").status_code == 204
+        assert [predict_status(own, copy_id, image) for own in clients] == [404] * len(clients)
+    finally:
+        for own in clients:
+            own.close()
