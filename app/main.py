@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import AppMetrics
+from app.predict_fast_path import PredictFastPath
 from app.queue import make_enqueue, make_enqueue_batch, make_enqueue_export
 from app.routers import aliases, backbones, batches, datasets, exports, health, jobs, models, predict
 from app.security import EarlyApiKeyCheck, require_api_key
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, *, enqueue=None, enqueue_export
         async def dashboard():
             return FileResponse(STATIC_DIR / "index.html")
 
+    app.add_middleware(PredictFastPath, api=app)  # innermost: inside the key check, the metrics and the limit
     app.add_middleware(EarlyApiKeyCheck, keys=settings.api_key_list)
     app.add_middleware(app.state.metrics.middleware)
     if settings.cors_origin_list:

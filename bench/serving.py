@@ -150,6 +150,7 @@ def process_memory(pid: int) -> dict:
     return values
 
 
+WARMUP_REQUESTS = 400
 _BATCH_METRIC = re.compile(r"^finetune_predict_batch_images_(sum|count)\s+([0-9.eE+-]+)$", re.M)
 
 
@@ -347,9 +348,9 @@ def measure_serving(
     image: bytes,
     work_dir: Path,
     *,
-    requests: int = 100,
+    requests: int = 500,
     concurrency: tuple[int, ...] = (1, 4, 8),
-    level_requests: int = 200,
+    level_requests: int = 2000,
     level_seconds: float = 20.0,
     cache_models: int = 2,
 ) -> ServingResult:
@@ -358,6 +359,9 @@ def measure_serving(
     model_id = model_ids[0]
     with service(model_dir, work_dir, cache_models=cache_models) as (url, pid):
         check_predict(url, image, model_id)
+        # every API process loads and warms the model on its own first request, and its start-up preload
+        # may still be running: a round of 8 clients first, so the figures are the steady state's
+        load_level(url, image, model_id, clients=8, max_requests=WARMUP_REQUESTS, max_seconds=level_seconds)
         latencies, errors = one_client_latency(url, image, model_id, requests=requests)
         levels = []
         for clients in concurrency:

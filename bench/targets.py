@@ -99,8 +99,8 @@ def targets_for(meta: dict | None) -> list[Target]:
             True,
             lambda f: f["accuracy"]["project_minus_seed"],
         ),
-        Target("/predict p50 minus raw batch-1 forward", 15.0, False, lambda f: f["serving"]["p50_overhead_ms"], " ms"),
-        Target("/predict throughput, 8 clients / raw batch-8 forward", 0.7, True, lambda f: f["serving"]["c8_vs_b8"]),
+        Target("/predict p50 minus raw batch-1 forward", 1.0, False, lambda f: f["serving"]["p50_overhead_ms"], " ms"),
+        Target("/predict throughput, 8 clients / raw batch-8 forward", 0.75, True, lambda f: f["serving"]["c8_vs_b8"]),
         Target(
             "/predict throughput, 8 clients / the API's Predictor at batch 8 in its own thread set-up (no HTTP)",
             None,

@@ -223,6 +223,16 @@ class Service:
         self.predictors.changed()
         return alias
 
+    def rollback_alias(self, name: str) -> dict:
+        """Point alias `name` back at its previous model."""
+        alias = self.models.aliases.rollback(name)
+        self.predictors.changed()
+        return alias
+
+    def delete_alias(self, name: str) -> None:
+        self.models.aliases.delete(name)
+        self.predictors.changed()
+
     # --- exports (issue 13) ---------------------------------------------------------------------
 
     def create_export(self, model_id: str, fmt: str, *, rebuild: bool = False) -> dict:

@@ -43,10 +43,10 @@ async def set_alias(name: AliasName, body: AliasSet, service: ServiceDep):
     responses={404: {"description": "no such alias"}, 409: {"description": "no previous model"}},
 )
 async def rollback_alias(name: AliasName, service: ServiceDep):
-    return await run_in_threadpool(service.models.aliases.rollback, name)
+    return await run_in_threadpool(service.rollback_alias, name)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"description": "no such alias"}})
 async def delete_alias(name: AliasName, service: ServiceDep):
-    await run_in_threadpool(service.models.aliases.delete, name)
+    await run_in_threadpool(service.delete_alias, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

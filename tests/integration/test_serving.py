@@ -257,32 +257,42 @@ def test_two_api_processes_count_as_one_in_metrics(two_process_api, learned, tmp
     assert set(by_process) == {process.pid for process in two_process_api.processes}
 
 
-def test_a_model_deleted_through_one_api_process_is_404_in_both_at_once(
+def test_an_alias_moved_and_a_model_deleted_through_one_api_process_are_seen_by_both_at_once(
     two_process_api, learned, live_service, tmp_path
 ):
-    """Both processes have served the copy (new connections until each has: the kernel hands them out);
-    after the 204, every request, whichever process takes it, is 404 at once: neither serves the copy
-    for the second its cache would otherwise trust what it confirmed."""
+    """Both processes have served the alias (new connections until each has: the kernel hands them out,
+    so each connection stays with one process). The alias moved to a copy of the model: every request,
+    whichever process takes it, gets the copy at once; the copy deleted (with its alias): every request
+    is 404 at once. Neither process trusts for its revalidation second what it confirmed before."""
     copy_id = new_id()
     copy = live_service.model_dir / copy_id
     shutil.copytree(learned.folder, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "id": copy_id}))
+    alias = f"both-{copy_id[:8]}"
+    assert two_process_api.put(f"/aliases/{alias}", json={"model_id": learned.model_id}).status_code == 200
     image = make_image_bytes("red", 40, seed=4)
+    files = [("red.png", image)]
     clients: list[httpx.Client] = []
     try:
         before = predictions_by_process(two_process_api.metrics_dir, tmp_path / "before")
         served_by: set[int] = set()
         while len(served_by) < 2 and len(clients) < 100:  # a hang guard, not a bound
             clients.append(httpx.Client(base_url=two_process_api.base_url, timeout=120))
-            assert predict_status(clients[-1], copy_id, image) == 200
+            assert post_predict(clients[-1], alias, files)["model_id"] == learned.model_id
             now = predictions_by_process(two_process_api.metrics_dir, tmp_path / str(len(clients)))
             served_by = {pid for pid, count in now.items() if count > before.get(pid, 0.0)}
         assert len(served_by) == 2, f"{len(clients)} connections all went to one process"
-        for own in clients:  # confirmed within the last second in both processes
+        for own in clients:  # both processes confirmed the alias and the copy within the last second
+            assert post_predict(own, alias, files)["model_id"] == learned.model_id
             assert predict_status(own, copy_id, image) == 200
-        assert clients[0].delete(f"/models/{copy_id}").status_code == 204
+
+        assert clients[0].put(f"/aliases/{alias}", json={"model_id": copy_id}).status_code == 200
+        assert [post_predict(own, alias, files)["model_id"] for own in clients] == [copy_id] * len(clients)
+
+        assert clients[0].delete(f"/models/{copy_id}", params={"force": "true"}).status_code == 204
         assert [predict_status(own, copy_id, image) for own in clients] == [404] * len(clients)
+        assert [predict_status(own, alias, image) for own in clients] == [404] * len(clients)
     finally:
         for own in clients:
             own.close()
