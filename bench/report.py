@@ -128,9 +128,17 @@ def _batches(results: dict, figures: dict) -> list[str]:
     batch, raw = batches["batch"], batches["raw"]
     rows = [
         ["images (224-px JPEG files)", str(batch["images"])],
-        ["batch: images/s (read, decode, forward, parts written)", _fmt(batch["images_per_second"])],
-        ["raw batched forward: images/s (decoded images)", _fmt(raw["images_per_second"])],
-        ["batch / raw", _x(figures["batches"].get("vs_raw"))],
+        ["batch: images/s (read, decode, forward, parts written), median", _fmt(batch["images_per_second"])],
+        ["raw batched forward: images/s (decoded images), median", _fmt(raw["images_per_second"])],
+        ["batch / raw (medians)", _x(figures["batches"].get("vs_raw"))],
+        [
+            "each round: batch / raw images/s",
+            "; ".join(
+                f"{_fmt(pair['batch']['images_per_second'])} / {_fmt(pair['raw']['images_per_second'])}"
+                for pair in batches.get("rounds", [])
+            )
+            or NA,
+        ],
         [
             "chunk / forward batch / decode threads",
             f"{batch['chunk_size']} / {batch['forward_size']} / {batch['decode_threads']}",

@@ -113,7 +113,16 @@ class ChunkLabeller:
             return {"type": type(error).__name__, "message": str(getattr(error, "message", error))}
 
     def label(self, paths: list[str], decoded: list[Future]) -> list[dict]:
-        outcomes = [future.result() for future in decoded]
+        """The chunk's rows, one forward pass (BATCH_FORWARD_SIZE images) at a time: each pass waits only
+        for its own images, so the first starts once its images are decoded, not the whole chunk's (the
+        whole chunk's wait and stacking were 14% of a batch's time, bench.batches)."""
+        rows: list[dict] = []
+        size = self.predictor.max_batch
+        for start in range(0, len(paths), size):
+            rows += self._label_pass(paths[start : start + size], [f.result() for f in decoded[start : start + size]])
+        return rows
+
+    def _label_pass(self, paths: list[str], outcomes: list[np.ndarray | dict]) -> list[dict]:
         good = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, np.ndarray)]
         rows: list[dict] = [
             {"path": path, "label": None, "abstained": False, "predictions": [], "error": outcome}

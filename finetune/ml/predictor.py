@@ -101,12 +101,15 @@ class Predictor:
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict]]:
+        """Per row, the `k` most probable classes, most probable first (one sort of the whole array)."""
         k = max(1, min(k, len(self.classes)))
-        results = []
-        for row in probabilities:
-            order = np.argsort(row)[::-1][:k]
-            results.append([{"label": self.classes[i], "probability": float(row[i])} for i in order])
-        return results
+        order = np.argsort(probabilities, axis=1)[:, ::-1][:, :k]
+        picked = np.take_along_axis(probabilities, order, axis=1).tolist()
+        classes = self.classes
+        return [
+            [{"label": classes[i], "probability": p} for i, p in zip(indices, values)]
+            for indices, values in zip(order.tolist(), picked)
+        ]
 
     def explain(self, pixels: np.ndarray, class_name: str | None = None) -> tuple[bytes, str, float]:
         """A Grad-CAM overlay (PNG) of one image for `class_name` (default: its top class); the class

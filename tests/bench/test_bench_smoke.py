@@ -128,8 +128,17 @@ def test_batch_bench_runs_the_batch_runner_and_the_raw_forward_side_by_side(tmp_
     )
     manifest = ModelStore(tmp_path / "models").save(result)
     figures = measure_batches(
-        tmp_path / "models", manifest["id"], make_image_bytes("red", 64, fmt="JPEG"), tmp_path / "work", images=40
+        tmp_path / "models",
+        manifest["id"],
+        make_image_bytes("red", 64, fmt="JPEG"),
+        tmp_path / "work",
+        images=40,
+        rounds=3,
     )
+    assert len(figures["rounds"]) == 3
+    for side in ("raw", "batch"):
+        rates = sorted(pair[side]["images_per_second"] for pair in figures["rounds"])
+        assert figures[side]["images_per_second"] == rates[1]  # the median round
     assert figures["batch"]["images"] == figures["raw"]["images"] == 40
     assert figures["batch"]["errors"] == 0
     assert figures["batch"]["images_per_second"] > 0 and figures["raw"]["images_per_second"] > 0
