@@ -49,8 +49,8 @@ class _Form:
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda data, start, end: self._header_bytes("field", data[start:end]),
-            "on_header_value": lambda data, start, end: self._header_bytes("value", data[start:end]),
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": lambda data, start, end: self._data.append(data[start:end]),
@@ -60,11 +60,11 @@ class _Form:
     def _part_begin(self) -> None:
         self._headers, self._field, self._value, self._data = [], b"", b"", []
 
-    def _header_bytes(self, which: str, data: bytes) -> None:
-        if which == "field":
-            self._field += data
-        else:
-            self._value += data
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
 
     def _header_end(self) -> None:
         self._headers.append((self._field.lower(), self._value))
