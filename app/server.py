@@ -6,7 +6,8 @@ GIL) answered ~215 requests/s while the forward passes left a core half idle; tw
 one forward pass each answered ~400 (bench/serving.py, side by side; BENCHMARKS.md). The price is
 memory: every process loads the models it is asked for (MODEL_CACHE_SIZE each).
 
-With more than one process, they share a folder made here for this server (removed when it stops):
+With more than one process, they share a folder made here for this server under CACHE_DIR/api-servers
+(removed when it stops):
 Prometheus values live in its files (`PROMETHEUS_MULTIPROC_DIR`), so `GET /metrics` on any process
 reports them all, and a change count (`API_CHANGES_FILE`) makes a model deleted or an alias moved
 through one process seen by all of them at their next request.
@@ -27,13 +28,12 @@ from finetune.serving.changes import SharedChangeCounter
 from finetune.settings import get_settings
 
 APP = "app.main:app"
-SHARED_DIR_PREFIX = "finetune-api-"
 
 
-def remove_dead_servers_folders() -> None:
+def remove_dead_servers_folders(root: Path) -> None:
     """The shared folders of servers killed before they could remove theirs (named by their pid)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SHARED_DIR_PREFIX}*-*"):
-        pid = folder.name.removeprefix(SHARED_DIR_PREFIX).split("-", 1)[0]
+    for folder in root.glob("*-*"):
+        pid = folder.name.split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers == 1:
         uvicorn.run(APP, host=args.host, port=args.port)
         return
-    remove_dead_servers_folders()
-    shared = Path(tempfile.mkdtemp(prefix=f"{SHARED_DIR_PREFIX}{os.getpid()}-"))
+    root = get_settings().cache.api_servers
+    root.mkdir(parents=True, exist_ok=True)
+    remove_dead_servers_folders(root)
+    shared = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
     (shared / "metrics").mkdir()
     SharedChangeCounter(shared / "model-changes").close()  # created before any process maps it
     # read by prometheus_client and by Settings in each process uvicorn spawns

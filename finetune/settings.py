@@ -45,6 +45,12 @@ class CacheLayout:
         return self.root / "uploads"
 
     @property
+    def api_servers(self) -> Path:
+        """What the processes of each `python -m app.server` share (Prometheus' files, the change count), a
+        folder per server named by its pid: removed when it stops, or by the next server once it died."""
+        return self.root / "api-servers"
+
+    @property
     def logs(self) -> Path:
         """`make run`'s process logs."""
         return self.root / "logs"

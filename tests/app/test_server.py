@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -47,15 +46,13 @@ def test_each_api_process_runs_its_share_of_the_cores_as_forward_passes(fresh_se
     assert Settings(api_workers=2, predict_concurrency=3).predict_concurrency == 3  # given: kept
 
 
-def test_folders_of_killed_servers_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def test_folders_of_killed_servers_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    killed = tmp_path / f"{server.SHARED_DIR_PREFIX}{dead_pid}-abc"
-    live = tmp_path / f"{server.SHARED_DIR_PREFIX}{os.getpid()}-def"
-    other = tmp_path / "finetune-apiary"
+    killed = tmp_path / f"{int(dead.stdout)}-abc"
+    live = tmp_path / f"{os.getpid()}-def"
+    other = tmp_path / "notes-1"
     for folder in (killed, live, other):
         (folder / "metrics").mkdir(parents=True)
-    server.remove_dead_servers_folders()
+    server.remove_dead_servers_folders(tmp_path)
     assert not killed.exists()
     assert live.exists() and other.exists()

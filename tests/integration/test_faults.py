@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from finetune.launcher import http_status
@@ -214,15 +215,25 @@ def test_a_job_goes_on_while_the_api_is_killed_and_restarted(stack, client, base
 
 
 def spooled_bytes(pid: int, spool: Path) -> int:
-    """The size of the biggest file process `pid` holds open under `spool`. Starlette spools a large
-    multipart part to an anonymous temporary file (no name in the folder), seen only through /proc."""
+    """The size of the biggest file process `pid` or one of its children (the API's processes) holds open
+    under `spool`. Starlette spools a large multipart part to an anonymous temporary file (no name in the
+    folder), seen only through /proc."""
     biggest = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        pids = [pid]
+    for owner in pids:
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{spool}/"):
-                biggest = max(biggest, os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+            fds = os.listdir(f"/proc/{owner}/fd")
         except OSError:
             continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{owner}/fd/{fd}").startswith(f"{spool}/"):
+                    biggest = max(biggest, os.stat(f"/proc/{owner}/fd/{fd}").st_size)
+            except OSError:
+                continue
     return biggest
 
 
