@@ -189,7 +189,10 @@ def test_a_job_whose_host_dies_mid_finetune_resumes_on_the_other_host_from_the_s
     assert [(row["phase"], row["epoch"]) for row in done["history"]] == expected_history(2, 8)
     # resumed, not restarted: the rows of the shared checkpoint are the very rows of the final history
     assert done["history"][:saved_rows] == shared["history"]
-    assert done["history"][: len(at_kill["history"])] == at_kill["history"]
+    # the record read at the kill may already hold an epoch whose checkpoint was not uploaded yet (the
+    # uploader is paced): that epoch is redone; the rows the checkpoint covers are the record's own
+    covered = min(len(at_kill["history"]), saved_rows)
+    assert done["history"][:covered] == at_kill["history"][:covered]
     survivor_log = hosts.workers[survivor].output()
     assert f"job {job['id']}: resuming from the shared checkpoint after {saved_rows} epochs" in survivor_log
     assert hosts.models_of(job["id"]) == [done["model_id"]]
